@@ -1,0 +1,41 @@
+from setuptools import find_packages, setup
+
+with open("README.md", encoding="utf-8") as readme:
+    long_description = readme.read()
+
+setup(
+    name="tqueues",
+    version="0.1.0",
+    description="A distributed job queue for Python: aiohttp dispatcher, HTTP workers, live websocket feeds",
+    long_description=long_description,
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=find_packages(include=["tqueues", "tqueues.*"]),
+    package_data={"tqueues": ["py.typed"]},
+    install_requires=[
+        "aiohttp>=3.9",
+        "orjson>=3.9",
+        "docopt-ng>=0.9",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-asyncio>=0.23",
+            "pytest-timeout>=2.2",
+        ],
+    },
+    entry_points={
+        "console_scripts": [
+            "tqueues_dispatcher=tqueues.cli.dispatcher:main",
+            "tqueues_worker=tqueues.cli.worker:main",
+            "tqueues=tqueues.cli.main:main",
+        ],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Framework :: AsyncIO",
+        "Framework :: aiohttp",
+        "Topic :: System :: Distributed Computing",
+    ],
+)

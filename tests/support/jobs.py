@@ -1,0 +1,79 @@
+"""Functions the test workers run (``tqueues_worker --import support.jobs``).
+
+Jobs that must be counted append one line ``job_id attempt pid`` to a ledger file; the
+lines are small and written with O_APPEND, so concurrent writers never interleave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+
+def append(ledger: str, line: str) -> None:
+    fd = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+async def record(ledger: str, value: Any, tq_parent_job: Any = None) -> Any:
+    append(ledger, f"{tq_parent_job.id} {tq_parent_job.attempt} {os.getpid()}")
+    return value
+
+
+def record_plain(ledger: str, value: Any, tq_parent_job: Any = None) -> Any:
+    append(ledger, f"{tq_parent_job.id} {tq_parent_job.attempt} {os.getpid()}")
+    return value
+
+
+async def slow_record(ledger: str, seconds: float, tq_parent_job: Any = None) -> str:
+    """Records its start, then sleeps: a job to be caught in flight."""
+    append(ledger, f"start {tq_parent_job.id} {tq_parent_job.attempt} {os.getpid()}")
+    await asyncio.sleep(seconds)
+    append(ledger, f"{tq_parent_job.id} {tq_parent_job.attempt} {os.getpid()}")
+    return "slept"
+
+
+async def fail_always(message: str = "boom") -> None:
+    raise RuntimeError(message)
+
+
+def fail_plain(message: str = "boom") -> None:
+    raise ValueError(message)
+
+
+def sleep_forever() -> None:
+    time.sleep(1e9)
+
+
+def spin_forever() -> None:
+    while True:
+        pass
+
+
+async def hang_forever() -> None:
+    await asyncio.Event().wait()
+
+
+async def echo(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    return {"args": list(args), "kwargs": kwargs}
+
+
+async def progress(steps: int, tq_parent_job: Any = None) -> int:
+    for step in range(1, steps + 1):
+        await tq_parent_job.update({"step": step})
+    return steps
+
+
+def progress_plain(steps: int, tq_parent_job: Any = None) -> int:
+    for step in range(1, steps + 1):
+        tq_parent_job.update({"step": step})
+    return steps
+
+
+def add_plain(a: int, b: int) -> int:
+    return a + b

@@ -1,0 +1,54 @@
+"""Validation of job specs and the backoff rule."""
+
+from __future__ import annotations
+
+import pytest
+
+from tqueues import models
+from tqueues.errors import InvalidRequest
+
+
+def test_given_a_minimal_job_when_parsed_then_defaults_apply() -> None:
+    job = models.NewJob.from_json({"queue": "q", "method": "pkg.mod:fn"})
+    assert (job.args, job.kwargs, job.priority, job.max_attempts, job.timeout) == ([], {}, 0, 3, None)
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"method": "m:f"}, "queue"),
+    ({"queue": "bad queue!", "method": "m:f"}, "queue"),
+    ({"queue": "q"}, "method"),
+    ({"queue": "q", "method": "not a method"}, "method"),
+    ({"queue": "q", "method": "m:f", "args": {"a": 1}}, "args"),
+    ({"queue": "q", "method": "m:f", "kwargs": [1]}, "kwargs"),
+    ({"queue": "q", "method": "m:f", "priority": "high"}, "priority"),
+    ({"queue": "q", "method": "m:f", "priority": True}, "priority"),
+    ({"queue": "q", "method": "m:f", "max_attempts": 0}, "max_attempts"),
+    ({"queue": "q", "method": "m:f", "timeout": -1}, "timeout"),
+    ({"queue": "q", "method": "m:f", "delay": "soon"}, "delay"),
+    ({"queue": "q", "method": "m:f", "run_at": "yesterday"}, "run_at"),
+    ({"queue": "q", "method": "m:f", "key": ""}, "key"),
+    ({"queue": "q", "method": "m:f", "colour": "red"}, "colour"),
+    ({"queue": "q", "method": "m:f", "kwargs": {"tq_parent_job": 1}}, "kwargs"),
+])
+def test_given_a_bad_field_when_parsed_then_the_error_names_it(body: dict, field: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        models.NewJob.from_json(body)
+    assert caught.value.details.get("field") == field
+
+
+def test_given_a_batch_with_one_bad_job_then_the_error_names_its_index() -> None:
+    with pytest.raises(InvalidRequest, match=r"jobs\[1\]"):
+        models.parse_jobs([{"queue": "q", "method": "m:f"}, {"queue": "q"}])
+
+
+def test_given_an_iso_run_at_then_it_becomes_epoch_seconds() -> None:
+    job = models.NewJob.from_json({"queue": "q", "method": "m:f", "run_at": "2030-01-01T00:00:00Z"})
+    assert job.run_at == 1893456000.0
+
+
+def test_backoff_grows_exponentially_with_jitter_and_is_capped() -> None:
+    assert models.backoff_delay(1.0, 1, 0.5) == 1.0
+    assert models.backoff_delay(1.0, 3, 0.5) == 4.0
+    assert models.backoff_delay(1.0, 3, 0.0) == 2.0
+    assert models.backoff_delay(1.0, 60, 0.99) == models.MAX_BACKOFF
+    assert models.backoff_delay(0.0, 5, 0.5) == 0.0

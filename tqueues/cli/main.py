@@ -1,0 +1,169 @@
+"""tqueues: talk to a tqueues dispatcher.
+
+Usage:
+  tqueues demo [--db URL]
+  tqueues enqueue METHOD [ARG...] [--queue QUEUE] [--kwargs JSON] [--priority N] [--delay SECONDS]
+                  [--max-attempts N] [--timeout SECONDS] [--key KEY] [--wait] [--json] [--endpoint_url URL]
+  tqueues show JOB_ID [--json] [--endpoint_url URL]
+  tqueues jobs [--queue QUEUE] [--status STATUS] [--limit N] [--json] [--endpoint_url URL]
+  tqueues queues [--json] [--endpoint_url URL]
+  tqueues workers [--json] [--endpoint_url URL]
+  tqueues -h | --help
+  tqueues --version
+
+Options:
+  --endpoint_url URL   The dispatcher (default: $TQUEUES_URL or http://127.0.0.1:8000/)
+  --queue QUEUE        Queue name (enqueue: default)
+  --kwargs JSON        Keyword arguments as a JSON object
+  --priority N         Higher runs first
+  --delay SECONDS      Run no earlier than this many seconds from now
+  --max-attempts N     Attempts before the job ends failed
+  --timeout SECONDS    Stop the job after this long
+  --key KEY            Idempotency key: enqueue once, however often this is repeated
+  --status STATUS      pending, started, finished, failed or aborted
+  --limit N            How many jobs to list [default: 20]
+  --wait               Wait until the job ends and print it
+  --json               Print JSON instead of a table
+  --db URL             Store for the demo (default: a throw-away SQLite file)
+  -h --help            Show this screen
+  --version            Show version
+
+ARG values are read as JSON when they parse as JSON (3, "x", [1,2]) and as strings otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import os
+import sys
+from typing import Any, Awaitable, Callable, Sequence
+
+from .. import models
+from ..client import Client
+from ..errors import ClientError
+from .common import UsageError, number, parse, run
+
+PROG = "tqueues"
+
+
+def _arg(value: str) -> Any:
+    try:
+        return models.loads(value)
+    except ValueError:
+        return value
+
+
+def _when(ts: float | None) -> str:
+    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+
+
+def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    cells = [[str(row.get(c, "")) for c in columns] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in cells]
+    return "\n".join(lines)
+
+
+def print_job(job: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(models.dumps_str(job))
+        return
+    for key in ("id", "queue", "method", "status", "attempts", "max_attempts", "priority"):
+        print(f"{key:<13}{job.get(key)}")
+    print(f"{'args':<13}{models.dumps_str(job.get('args'))}")
+    print(f"{'kwargs':<13}{models.dumps_str(job.get('kwargs'))}")
+    for key in ("created_at", "started_at", "finished_at"):
+        print(f"{key:<13}{_when(job.get(key))}")
+    if job.get("data"):
+        print(f"{'data':<13}{models.dumps_str(job['data'])}")
+    if job.get("status") == "finished":
+        print(f"{'result':<13}{models.dumps_str(job.get('result'))}")
+    if job.get("error"):
+        print(f"{'error':<13}{job['error'].get('type')}: {job['error'].get('message')}")
+        if job["error"].get("traceback"):
+            print(job["error"]["traceback"].rstrip())
+
+
+async def enqueue(client: Client, args: dict[str, Any]) -> int:
+    kwargs = _arg(args["--kwargs"]) if args["--kwargs"] else None
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise UsageError("--kwargs must be a JSON object")
+    job = await client.enqueue(args["METHOD"], *[_arg(a) for a in args["ARG"]], queue=args["--queue"] or "default", kwargs=kwargs,
+                               priority=number(args, "--priority", minimum=-1e6, integer=True),
+                               delay=number(args, "--delay"), max_attempts=number(args, "--max-attempts", minimum=1, integer=True),
+                               timeout=number(args, "--timeout", minimum=0.001), key=args["--key"])
+    if args["--wait"]:
+        job = await client.wait(job["id"])
+        print_job(job, args["--json"])
+        return 0 if job["status"] == models.FINISHED else 1
+    print(models.dumps_str(job) if args["--json"] else job["id"])
+    return 0
+
+
+async def show(client: Client, args: dict[str, Any]) -> int:
+    print_job(await client.get(args["JOB_ID"]), args["--json"])
+    return 0
+
+
+async def jobs(client: Client, args: dict[str, Any]) -> int:
+    found = await client.jobs(queue=args["--queue"],
+                              status=args["--status"], limit=number(args, "--limit", minimum=1, integer=True))
+    if args["--json"]:
+        print(models.dumps_str(found))
+    else:
+        print(table([{**j, "created": _when(j["created_at"])} for j in found],
+                    ["id", "queue", "method", "status", "attempts", "created"]))
+    return 0
+
+
+async def queues(client: Client, args: dict[str, Any]) -> int:
+    found = await client.queues()
+    if args["--json"]:
+        print(models.dumps_str(found))
+    else:
+        print(table([{"name": q["name"], "paused": q["paused"], **q["counts"]} for q in found],
+                    ["name", "paused", *models.STATUSES]))
+    return 0
+
+
+async def workers(client: Client, args: dict[str, Any]) -> int:
+    found = await client.workers()
+    if args["--json"]:
+        print(models.dumps_str(found))
+    else:
+        print(table([{**w, "queues": ",".join(w.get("queues") or []), "last_seen": _when(w["last_seen"])} for w in found],
+                    ["id", "status", "queues", "concurrency", "jobs_done", "jobs_failed", "last_seen"]))
+    return 0
+
+
+COMMANDS: dict[str, Callable[[Client, dict[str, Any]], Awaitable[int]]] = {
+    "enqueue": enqueue, "show": show, "jobs": jobs, "queues": queues, "workers": workers,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse(__doc__ or "", argv, PROG)
+
+    def go() -> int:
+        if args["demo"]:
+            from .demo import run_demo
+            return run_demo(args["--db"])
+        url = args["--endpoint_url"] or os.environ.get("TQUEUES_URL") or "http://127.0.0.1:8000/"
+        command = next(name for name in COMMANDS if args[name])
+
+        async def call() -> int:
+            async with Client(url) as client:
+                try:
+                    return await COMMANDS[command](client, args)
+                except ClientError as exc:
+                    raise UsageError(exc.message) if exc.status == 400 else exc
+
+        return asyncio.run(call())
+
+    return run(PROG, go)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

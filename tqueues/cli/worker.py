@@ -1,0 +1,74 @@
+"""tqueues worker: runs jobs claimed from a tqueues dispatcher.
+
+Usage:
+  tqueues_worker --endpoint_url URL (--queue QUEUE)... [--import MODULE]... [options]
+  tqueues_worker -h | --help
+  tqueues_worker --version
+
+Options:
+  --endpoint_url URL     The dispatcher, e.g. http://127.0.0.1:8000/
+  --queue QUEUE          Queue to serve (repeat for several)
+  --import MODULE        Register every function defined in MODULE as MODULE:function (repeat)
+  --concurrency N        Jobs run at once [default: 1]
+  --isolation KIND       Where plain functions run: process (stoppable) or thread [default: process]
+  --timeout SECONDS      Timeout for jobs that set none
+  --grace SECONDS        On SIGTERM, how long running jobs may take to finish [default: 30]
+  --wait SECONDS         Long-poll duration of a claim [default: 30]
+  --token TOKEN          Bearer token for the dispatcher [default: ]
+  --loglevel LEVEL       DEBUG, INFO, WARNING or ERROR [default: INFO]
+  -h --help              Show this screen
+  --version              Show version
+
+Examples:
+  tqueues_worker --endpoint_url http://127.0.0.1:8000/ --queue testqueue
+  tqueues_worker --endpoint_url http://127.0.0.1:8000/ --queue default --import myapp.tasks --concurrency 8
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from typing import Any, Sequence
+
+from ..worker import Worker
+from .common import UsageError, loglevel, number, parse, run, setup_logging
+
+PROG = "tqueues_worker"
+
+
+def build(args: dict[str, Any]) -> Worker:
+    url = args["--endpoint_url"]
+    if not url.startswith(("http://", "https://")):
+        raise UsageError(f"--endpoint_url must be an http:// or https:// URL, not {url!r}")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    return Worker(url, args["--queue"], modules=args["--import"],
+                  concurrency=number(args, "--concurrency", minimum=1, integer=True),
+                  isolation=args["--isolation"], grace=number(args, "--grace"),
+                  wait=number(args, "--wait"), timeout=number(args, "--timeout", minimum=0.001),
+                  token=args["--token"] or os.environ.get("TQUEUES_TOKEN") or None)
+
+
+async def serve(worker: Worker) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.stop)
+    await worker.run_forever()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse(__doc__ or "", argv, PROG)
+
+    def go() -> int:
+        setup_logging(loglevel(args))
+        worker = build(args)
+        asyncio.run(serve(worker))
+        return 0
+
+    return run(PROG, go)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

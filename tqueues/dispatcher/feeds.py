@@ -1,0 +1,209 @@
+"""Live delivery inside the dispatcher: one subscription to the store fans events out to
+long-polling claims, jobs being waited on, and websocket feeds."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Iterable
+
+from aiohttp import web
+
+from .. import models
+from ..store import Store
+
+log = logging.getLogger("tqueues.dispatcher.feeds")
+
+
+class Waiter:
+    """A future woken by the hub; created before the check it guards, so no wake-up is lost."""
+
+    __slots__ = ("future", "keys", "hub", "_table")
+
+    def __init__(self, hub: "Hub", table: dict[str, set["Waiter"]], keys: Iterable[str]) -> None:
+        self.hub = hub
+        self.keys = list(keys)
+        self.future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for key in self.keys:
+            table.setdefault(key, set()).add(self)
+        self._table = table
+
+    async def wait(self, timeout: float) -> bool:
+        """True when woken, False on timeout."""
+        if self.future.done():
+            return True
+        try:
+            await asyncio.wait_for(asyncio.shield(self.future), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    def wake(self) -> None:
+        if not self.future.done():
+            self.future.set_result(None)
+
+    def cancel(self) -> None:
+        for key in self.keys:
+            waiters = self._table.get(key)
+            if waiters is not None:
+                waiters.discard(self)
+                if not waiters:
+                    del self._table[key]
+
+    def __enter__(self) -> "Waiter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
+
+
+class Feed:
+    """One websocket (or HTTP) subscriber: filters and a bounded buffer."""
+
+    def __init__(self, *, queue: str | None = None, job_id: str | None = None,
+                 kinds: set[str] | None = None, limit: int = 10_000) -> None:
+        self.queue = queue
+        self.job_id = job_id
+        self.kinds = kinds
+        self.limit = limit
+        self.items: list[dict[str, Any]] = []
+        self.ready = asyncio.Event()
+        self.overflowed = False
+        self.last_seq = 0
+
+    def matches(self, event: dict[str, Any]) -> bool:
+        return ((self.queue is None or event["queue"] == self.queue)
+                and (self.job_id is None or event["job_id"] == self.job_id)
+                and (self.kinds is None or event["kind"] in self.kinds))
+
+    def push(self, event: dict[str, Any]) -> None:
+        if self.overflowed or event["seq"] <= self.last_seq or not self.matches(event):
+            return
+        if len(self.items) >= self.limit:
+            self.overflowed = True
+            self.items.clear()
+        else:
+            self.items.append(event)
+            self.last_seq = event["seq"]
+        self.ready.set()
+
+    async def next_batch(self, timeout: float) -> list[dict[str, Any]]:
+        if not self.items and not self.overflowed:
+            self.ready.clear()
+            try:
+                await asyncio.wait_for(self.ready.wait(), timeout)
+            except asyncio.TimeoutError:
+                return []
+        items, self.items = self.items, []
+        return items
+
+
+class Hub:
+    """Reads the store's event subscription and wakes whoever waits on it."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.queue_waiters: dict[str, set[Waiter]] = {}
+        self.job_waiters: dict[str, set[Waiter]] = {}
+        self.feeds: set[Feed] = set()
+        self.events_seen = 0
+
+    def wait_queues(self, queues: Iterable[str]) -> Waiter:
+        return Waiter(self, self.queue_waiters, queues)
+
+    def wait_job(self, job_id: str) -> Waiter:
+        return Waiter(self, self.job_waiters, [job_id])
+
+    def wake_all(self) -> None:
+        for table in (self.queue_waiters, self.job_waiters):
+            for waiters in list(table.values()):
+                for waiter in list(waiters):
+                    waiter.wake()
+
+    def dispatch(self, events: list[dict[str, Any]]) -> None:
+        self.events_seen += len(events)
+        woken_queues: set[str] = set()
+        for event in events:
+            kind = event["kind"]
+            queue = event["queue"]
+            if (kind in models.READY_KINDS or kind == models.EV_QUEUE) and queue not in woken_queues:
+                woken_queues.add(queue)
+                for waiter in list(self.queue_waiters.get(queue, ())):
+                    waiter.wake()
+            job_id = event["job_id"]
+            if job_id is not None and job_id in self.job_waiters:
+                for waiter in list(self.job_waiters[job_id]):
+                    waiter.wake()
+            for feed in self.feeds:
+                feed.push(event)
+
+    async def run(self) -> None:
+        """Consume the store's subscription forever (cancelled at shutdown)."""
+        while True:
+            sub = self.store.subscribe()
+            try:
+                while True:
+                    events = await sub.get()
+                    if sub.overflowed:
+                        log.warning("event subscription overflowed; waking every waiter")
+                        self.wake_all()
+                        for feed in self.feeds:
+                            feed.overflowed = True
+                            feed.ready.set()
+                        break
+                    self.dispatch(events)
+            finally:
+                sub.close()
+
+
+async def run_feed(request: web.Request, hub: Hub, feed: Feed, since: int | None,
+                   documents_only: bool, heartbeat: float = 20.0) -> web.WebSocketResponse:
+    """Serve one websocket: replay from ``since`` (no gap, no duplicate), then live events."""
+    ws = web.WebSocketResponse(heartbeat=heartbeat, max_msg_size=64 * 1024)
+    await ws.prepare(request)
+    hub.feeds.add(feed)
+    reader = asyncio.ensure_future(_drain_incoming(ws))
+    try:
+        if since is not None:
+            # Replay stored events; live events buffered meanwhile are deduplicated by seq.
+            cursor = since
+            while True:
+                backlog = await hub.store.events_since(cursor, 1000, queue=feed.queue, job_id=feed.job_id)
+                for event in backlog:
+                    cursor = event["seq"]
+                    if feed.matches(event) and event["seq"] > feed.last_seq:
+                        await _send(ws, event, documents_only)
+                if len(backlog) < 1000:
+                    break
+            feed.items = [e for e in feed.items if e["seq"] > cursor]
+            feed.last_seq = max(feed.last_seq, cursor)
+        while not ws.closed and not reader.done():
+            batch = await feed.next_batch(1.0)
+            if feed.overflowed:
+                await ws.close(code=1013, message=b"subscriber too slow: event buffer overflowed; resume with since=LAST_SEQ")
+                break
+            for event in batch:
+                await _send(ws, event, documents_only)
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    finally:
+        hub.feeds.discard(feed)
+        reader.cancel()
+        if not ws.closed:
+            await ws.close()
+    return ws
+
+
+async def _send(ws: web.WebSocketResponse, event: dict[str, Any], documents_only: bool) -> None:
+    payload = event["new_val"] if documents_only else event
+    await ws.send_str(models.dumps_str(payload))
+
+
+async def _drain_incoming(ws: web.WebSocketResponse) -> None:
+    async for _message in ws:
+        pass
+
+
+def monotonic() -> float:
+    return time.monotonic()

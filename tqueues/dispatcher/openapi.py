@@ -1,0 +1,126 @@
+"""The OpenAPI 3.1 document served at ``/api/v1/openapi.json``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import __version__
+
+ERROR = {"$ref": "#/components/schemas/Error"}
+JOB = {"$ref": "#/components/schemas/Job"}
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def _op(summary: str, *, body: dict[str, Any] | None = None, ok: dict[str, Any] | None = None,
+        params: list[dict[str, Any]] | None = None, errors: tuple[int, ...] = (400,)) -> dict[str, Any]:
+    responses: dict[str, Any] = {"200": {"description": "OK", **_json(ok or {"type": "object"})}}
+    for status in errors:
+        responses[str(status)] = {"description": "Error", **_json(ERROR)}
+    op: dict[str, Any] = {"summary": summary, "responses": responses}
+    if body is not None:
+        op["requestBody"] = {"required": True, **_json(body)}
+    if params:
+        op["parameters"] = params
+    return op
+
+
+def _q(name: str, kind: str = "string", description: str = "") -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": {"type": kind}, "description": description}
+
+
+ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+LEASE_BODY = {"type": "object", "required": ["lease"], "properties": {"lease": {"type": "string"}}}
+LEASES = {"type": "array", "items": {"type": "object", "required": ["id", "lease"],
+                                     "properties": {"id": {"type": "string"}, "lease": {"type": "string"}}}}
+RESULTS = {"type": "object", "properties": {"results": {"type": "array", "items": {"type": "object"}}}}
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "tqueues dispatcher", "version": __version__,
+             "description": "Jobs, claims with leases, queues, workers and events."},
+    "paths": {
+        "/api/v1/jobs": {
+            "post": _op("Enqueue one job, a list of jobs, or {\"jobs\": [...]}",
+                        body={"oneOf": [{"$ref": "#/components/schemas/NewJob"},
+                                        {"type": "array", "items": {"$ref": "#/components/schemas/NewJob"}}]},
+                        ok={"oneOf": [JOB, {"type": "object", "properties": {"jobs": {"type": "array", "items": JOB}}}]}),
+            "get": _op("List jobs, newest first", params=[_q("queue"), _q("status"), _q("method"),
+                                                          _q("limit", "integer"), _q("before", description="job id cursor")]),
+        },
+        "/api/v1/jobs/{id}": {
+            "get": _op("Get a job; with wait=SECONDS, wait for it to end", ok=JOB,
+                       params=[ID, _q("wait", "number")], errors=(400, 404)),
+            "patch": _op("Merge data into the job's data", params=[ID], ok=JOB, errors=(400, 404, 409),
+                         body={"type": "object", "required": ["data"],
+                               "properties": {"data": {"type": "object"}, "lease": {"type": "string"}}}),
+        },
+        "/api/v1/jobs/{id}/abort": {"post": _op("Abort a pending or started job", params=[ID], ok=JOB, errors=(404, 409))},
+        "/api/v1/jobs/{id}/executions": {"get": _op("Every attempt of a job", params=[ID], errors=(404,))},
+        "/api/v1/jobs/{id}/complete": {"post": _op("Finish an attempt (fenced by lease)", params=[ID], ok=JOB, errors=(400, 404, 409),
+                                                   body={**LEASE_BODY, "properties": {"lease": {"type": "string"}, "result": {}}})},
+        "/api/v1/jobs/{id}/fail": {"post": _op("Fail an attempt (fenced by lease); retried while attempts remain", params=[ID],
+                                               ok=JOB, errors=(400, 404, 409),
+                                               body={**LEASE_BODY, "properties": {"lease": {"type": "string"}, "retry": {"type": "boolean"},
+                                                                                  "error": {"$ref": "#/components/schemas/JobError"}}})},
+        "/api/v1/jobs/{id}/heartbeat": {"post": _op("Extend a lease", params=[ID], body=LEASE_BODY, errors=(400, 404, 409))},
+        "/api/v1/jobs/{id}/release": {"post": _op("Hand a leased job back unrun", params=[ID], body=LEASE_BODY, errors=(400, 404, 409))},
+        "/api/v1/claim": {"post": _op("Lease ready jobs; long-polls up to wait seconds", body={
+            "type": "object", "required": ["queue"],
+            "properties": {"queue": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+                           "worker": {"type": "string"}, "limit": {"type": "integer", "minimum": 1, "maximum": 1000},
+                           "wait": {"type": "number"}, "lease": {"type": "number"}}},
+            ok={"type": "object", "properties": {"jobs": {"type": "array", "items": JOB}, "lease_seconds": {"type": "number"}}})},
+        "/api/v1/complete": {"post": _op("Record many outcomes at once", ok=RESULTS, body={
+            "type": "object", "required": ["outcomes"],
+            "properties": {"outcomes": {"type": "array", "items": {"$ref": "#/components/schemas/Outcome"}}}})},
+        "/api/v1/heartbeat": {"post": _op("Extend many leases; marks the worker seen", ok=RESULTS, body={
+            "type": "object", "properties": {"worker": {"type": "string"}, "leases": LEASES, "extend": {"type": "number"}}})},
+        "/api/v1/release": {"post": _op("Hand many leased jobs back", ok=RESULTS,
+                                        body={"type": "object", "properties": {"leases": LEASES}})},
+        "/api/v1/queues": {"get": _op("Queues with counts per status", errors=())},
+        "/api/v1/queues/{name}": {"put": _op("Create a queue or change its settings", params=[NAME],
+                                             body={"type": "object", "properties": {"paused": {"type": "boolean"}}})},
+        "/api/v1/queues/{name}/pause": {"post": _op("Pause a queue: no claims until resumed", params=[NAME])},
+        "/api/v1/queues/{name}/resume": {"post": _op("Resume a paused queue", params=[NAME])},
+        "/api/v1/workers": {
+            "post": _op("Register a worker", body={"type": "object", "required": ["id"]}),
+            "get": _op("Registered workers with last_seen and status", errors=()),
+        },
+        "/api/v1/events": {"get": _op("Events since a seq (long-polls with wait); upgrade to a websocket for a live feed",
+                                      params=[_q("since", "integer"), _q("queue"), _q("job_id"), _q("kind"),
+                                              _q("limit", "integer"), _q("wait", "number")])},
+        "/api/v1/health": {"get": _op("Liveness of the dispatcher", errors=())},
+    },
+    "components": {"schemas": {
+        "Error": {"type": "object", "required": ["error"], "properties": {"error": {
+            "type": "object", "required": ["code", "message"],
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
+        "JobError": {"type": "object", "properties": {"type": {"type": "string"}, "message": {"type": "string"},
+                                                      "traceback": {"type": ["string", "null"]}}},
+        "NewJob": {"type": "object", "required": ["queue", "method"], "properties": {
+            "queue": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.:\\-]{0,127}$"},
+            "method": {"type": "string", "description": "package.module:function"},
+            "args": {"type": "array"}, "kwargs": {"type": "object"}, "priority": {"type": "integer"},
+            "run_at": {"type": ["number", "string"]}, "delay": {"type": "number"},
+            "max_attempts": {"type": "integer", "minimum": 1}, "timeout": {"type": "number"},
+            "backoff": {"type": "number"}, "key": {"type": "string"}, "data": {"type": "object"}}},
+        "Job": {"type": "object", "properties": {
+            "id": {"type": "string"}, "queue": {"type": "string"}, "method": {"type": "string"},
+            "args": {"type": "array"}, "kwargs": {"type": "object"},
+            "status": {"enum": ["pending", "started", "finished", "failed", "aborted"]},
+            "priority": {"type": "integer"}, "run_at": {"type": "number"}, "attempts": {"type": "integer"},
+            "max_attempts": {"type": "integer"}, "timeout": {"type": ["number", "null"]},
+            "lease": {"type": ["string", "null"]}, "lease_expires": {"type": ["number", "null"]},
+            "worker": {"type": ["string", "null"]}, "data": {"type": "object"}, "result": {},
+            "error": {"oneOf": [{"$ref": "#/components/schemas/JobError"}, {"type": "null"}]},
+            "key": {"type": ["string", "null"]}, "created_at": {"type": "number"},
+            "started_at": {"type": ["number", "null"]}, "finished_at": {"type": ["number", "null"]}}},
+        "Outcome": {"type": "object", "required": ["id", "lease", "status"], "properties": {
+            "id": {"type": "string"}, "lease": {"type": "string"}, "status": {"enum": ["finished", "failed"]},
+            "result": {}, "error": {"$ref": "#/components/schemas/JobError"}, "retry": {"type": "boolean"}}},
+    }},
+}

@@ -1,0 +1,287 @@
+"""Plain types of tqueues: statuses, job specs, validation and (de)serialisation.
+
+This module is a leaf: it imports nothing of tqueues except :mod:`tqueues.errors`, so every
+other layer (store, dispatcher, worker, client) can share it without cycles.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+import orjson
+
+from .errors import InvalidRequest
+
+# --------------------------------------------------------------------------- statuses
+
+PENDING = "pending"
+STARTED = "started"
+FINISHED = "finished"
+FAILED = "failed"
+ABORTED = "aborted"
+
+STATUSES = (PENDING, STARTED, FINISHED, FAILED, ABORTED)
+TERMINAL = frozenset({FINISHED, FAILED, ABORTED})
+
+# Outcomes of one execution (attempt).
+EXEC_STARTED = "started"
+EXEC_FINISHED = "finished"
+EXEC_FAILED = "failed"
+EXEC_LOST = "lost"          # lease expired: the worker died or was cut off
+EXEC_ABORTED = "aborted"
+EXEC_RELEASED = "released"  # handed back by a worker that shut down before running it
+
+# Event kinds.
+EV_CREATED = "job.created"
+EV_STARTED = "job.started"
+EV_FINISHED = "job.finished"
+EV_FAILED = "job.failed"
+EV_RETRYING = "job.retrying"
+EV_REQUEUED = "job.requeued"
+EV_RELEASED = "job.released"
+EV_ABORTED = "job.aborted"
+EV_UPDATED = "job.updated"
+EV_QUEUE = "queue.updated"
+EV_WORKER = "worker.updated"
+
+JOB_KINDS = frozenset({EV_CREATED, EV_STARTED, EV_FINISHED, EV_FAILED, EV_RETRYING, EV_REQUEUED, EV_RELEASED,
+                       EV_ABORTED, EV_UPDATED})
+
+# Event kinds after which a job may be claimed.
+READY_KINDS = frozenset({EV_CREATED, EV_RETRYING, EV_REQUEUED, EV_RELEASED})
+
+# --------------------------------------------------------------------------- limits
+
+QUEUE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
+METHOD_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*(:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*)?$")
+MAX_KEY_LEN = 256
+MAX_PRIORITY = 1_000_000
+MAX_ATTEMPTS = 1000
+MAX_BATCH = 10_000
+DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_BACKOFF = 1.0
+MAX_BACKOFF = 3600.0
+
+JOB_FIELDS = frozenset({
+    "queue", "method", "args", "kwargs", "priority", "run_at", "delay", "max_attempts",
+    "timeout", "key", "backoff", "data",
+})
+
+
+def now() -> float:
+    """Wall-clock time in seconds since the epoch; every stored timestamp uses it."""
+    return time.time()
+
+
+def new_id() -> str:
+    """A new random job id."""
+    return uuid.uuid4().hex
+
+
+# --------------------------------------------------------------------------- JSON
+
+def dumps(obj: Any) -> bytes:
+    """Serialise to JSON bytes (orjson; non-string dict keys and numpy-free)."""
+    return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
+
+
+def dumps_str(obj: Any) -> str:
+    return dumps(obj).decode()
+
+
+def loads(data: bytes | str) -> Any:
+    return orjson.loads(data)
+
+
+def to_jsonable(value: Any) -> Any:
+    """``value`` if JSON can carry it, else its ``repr`` (results must never break a job)."""
+    try:
+        orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+        return value
+    except TypeError:
+        return repr(value)
+
+
+# --------------------------------------------------------------------------- validation
+
+def _bad(field_name: str, message: str) -> InvalidRequest:
+    return InvalidRequest(f"{field_name}: {message}", field=field_name)
+
+
+def check_queue(name: Any, field_name: str = "queue") -> str:
+    if not isinstance(name, str) or not name:
+        raise _bad(field_name, "a non-empty string is required")
+    if not QUEUE_RE.match(name):
+        raise _bad(field_name, "must be 1-128 characters of letters, digits and _ . : - (starting with a letter or digit)")
+    return name
+
+
+def check_method(name: Any) -> str:
+    if not isinstance(name, str) or not name:
+        raise _bad("method", "a non-empty string is required")
+    if len(name) > 512 or not METHOD_RE.match(name):
+        raise _bad("method", "must name a function as 'package.module:function'")
+    return name
+
+
+def _number(value: Any, field_name: str, *, minimum: float | None = None, maximum: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _bad(field_name, "a finite number is required")
+    if minimum is not None and value < minimum:
+        raise _bad(field_name, f"must be >= {minimum}")
+    if maximum is not None and value > maximum:
+        raise _bad(field_name, f"must be <= {maximum}")
+    return float(value)
+
+
+def _integer(value: Any, field_name: str, minimum: int, maximum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _bad(field_name, "an integer is required")
+    if not minimum <= value <= maximum:
+        raise _bad(field_name, f"must be between {minimum} and {maximum}")
+    return value
+
+
+def parse_time(value: Any, field_name: str) -> float:
+    """Seconds since the epoch from a number or an ISO 8601 string."""
+    if isinstance(value, str):
+        try:
+            parsed = _dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise _bad(field_name, "an epoch number or ISO 8601 time is required") from None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=_dt.timezone.utc)
+        return parsed.timestamp()
+    return _number(value, field_name, minimum=0)
+
+
+@dataclass(slots=True)
+class NewJob:
+    """A validated request to enqueue one job."""
+
+    queue: str
+    method: str
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    priority: int = 0
+    run_at: float | None = None
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    timeout: float | None = None
+    key: str | None = None
+    backoff: float = DEFAULT_BACKOFF
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, obj: Any, *, default_queue: str | None = None) -> "NewJob":
+        """Validate one job object as sent by a producer; raise InvalidRequest naming the field."""
+        if not isinstance(obj, Mapping):
+            raise InvalidRequest("a job must be a JSON object")
+        unknown = set(obj) - JOB_FIELDS
+        if unknown:
+            raise InvalidRequest(f"unknown job field(s): {', '.join(sorted(map(str, unknown)))}", field=sorted(map(str, unknown))[0])
+        queue = obj.get("queue", default_queue)
+        if queue is None:
+            raise _bad("queue", "is required")
+        job = cls(queue=check_queue(queue), method=check_method(obj.get("method")))
+        args = obj.get("args", [])
+        if isinstance(args, tuple):
+            args = list(args)
+        if not isinstance(args, list):
+            raise _bad("args", "a JSON array is required")
+        job.args = args
+        kwargs = obj.get("kwargs", {})
+        if kwargs is None:
+            kwargs = {}
+        if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+            raise _bad("kwargs", "a JSON object is required")
+        if "tq_parent_job" in kwargs:
+            raise _bad("kwargs", "'tq_parent_job' is reserved for the worker")
+        job.kwargs = kwargs
+        if obj.get("priority") is not None:
+            job.priority = _integer(obj["priority"], "priority", -MAX_PRIORITY, MAX_PRIORITY)
+        if obj.get("run_at") is not None and obj.get("delay") is not None:
+            raise InvalidRequest("give run_at or delay, not both", field="delay")
+        if obj.get("run_at") is not None:
+            job.run_at = parse_time(obj["run_at"], "run_at")
+        elif obj.get("delay") is not None:
+            job.run_at = now() + _number(obj["delay"], "delay", minimum=0, maximum=10 * 365 * 86400)
+        if obj.get("max_attempts") is not None:
+            job.max_attempts = _integer(obj["max_attempts"], "max_attempts", 1, MAX_ATTEMPTS)
+        if obj.get("timeout") is not None:
+            job.timeout = _number(obj["timeout"], "timeout", minimum=0.001, maximum=30 * 86400)
+        if obj.get("backoff") is not None:
+            job.backoff = _number(obj["backoff"], "backoff", minimum=0, maximum=MAX_BACKOFF)
+        key = obj.get("key")
+        if key is not None:
+            if not isinstance(key, str) or not key or len(key) > MAX_KEY_LEN:
+                raise _bad("key", f"a string of 1-{MAX_KEY_LEN} characters is required")
+            job.key = key
+        data = obj.get("data")
+        if data is not None:
+            if not isinstance(data, dict):
+                raise _bad("data", "a JSON object is required")
+            job.data = data
+        return job
+
+
+def parse_jobs(body: Any, *, default_queue: str | None = None) -> tuple[list[NewJob], bool]:
+    """Validate a body holding one job, a list of jobs or ``{"jobs": [...]}``.
+
+    Returns the jobs and whether the body was a batch (so the answer keeps the same shape).
+    """
+    batch = True
+    if isinstance(body, Mapping) and "jobs" in body and "method" not in body:
+        items = body["jobs"]
+    elif isinstance(body, list):
+        items = body
+    else:
+        items, batch = [body], False
+    if not isinstance(items, list):
+        raise _bad("jobs", "a JSON array is required")
+    if not items:
+        raise _bad("jobs", "at least one job is required")
+    if len(items) > MAX_BATCH:
+        raise _bad("jobs", f"at most {MAX_BATCH} jobs per request")
+    jobs = []
+    for index, item in enumerate(items):
+        try:
+            jobs.append(NewJob.from_json(item, default_queue=default_queue))
+        except InvalidRequest as exc:
+            if batch:
+                exc.message = f"jobs[{index}]: {exc.message}"
+                exc.args = (exc.message,)
+            raise
+    return jobs, batch
+
+
+def backoff_delay(base: float, attempt: int, rand: float) -> float:
+    """Exponential backoff with jitter: ``base * 2**(attempt-1)``, scaled by 0.5-1.5, capped.
+
+    ``rand`` is a uniform number in [0, 1) supplied by the caller (so tests can pin it).
+    """
+    if base <= 0:
+        return 0.0
+    raw = base * (2 ** min(max(attempt - 1, 0), 30))
+    return min(raw * (0.5 + rand), MAX_BACKOFF)
+
+
+def error_doc(exc_type: str, message: str, traceback: str | None = None) -> dict[str, Any]:
+    """The stored shape of a job's error."""
+    return {"type": exc_type, "message": message, "traceback": traceback}
+
+
+def iter_chunks(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

@@ -1,0 +1,45 @@
+"""Pluggable stores behind one contract (:mod:`tqueues.store.base`)."""
+
+from __future__ import annotations
+
+from ..errors import BackendNotAvailable, ConfigurationError
+from .base import Outcome, Store, Subscription
+
+__all__ = ["Outcome", "Store", "Subscription", "open_store", "DEFAULT_URL"]
+
+DEFAULT_URL = "sqlite:///./tqueues.db"
+
+
+def _sqlite(url: str) -> Store:
+    from .sqlite import SQLiteStore
+
+    return SQLiteStore(url)
+
+
+def _unavailable(name: str):
+    def make(url: str) -> Store:
+        raise BackendNotAvailable(f"the {name} store is not available in this version of tqueues yet; use sqlite:///PATH")
+    return make
+
+
+BACKENDS = {
+    "sqlite": _sqlite,
+    "postgresql": _unavailable("PostgreSQL"),
+    "postgres": _unavailable("PostgreSQL"),
+    "rethinkdb": _unavailable("RethinkDB"),
+}
+
+
+def open_store(url: str) -> Store:
+    """A store for ``url``, chosen by its scheme; its driver is imported only now.
+
+    The store is not connected yet: ``await store.open()`` (or ``async with``).
+    """
+    scheme, sep, _ = url.partition("://")
+    if not sep:
+        raise ConfigurationError(f"store URL {url!r} has no scheme; use sqlite:///PATH")
+    try:
+        factory = BACKENDS[scheme.lower()]
+    except KeyError:
+        raise ConfigurationError(f"unknown store scheme {scheme!r}; known: {', '.join(sorted(BACKENDS))}") from None
+    return factory(url)

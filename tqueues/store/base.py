@@ -1,0 +1,377 @@
+"""The store contract: what every tqueues backend guarantees.
+
+Only the dispatcher talks to a store. The public coroutine methods of :class:`Store` are
+defined here, once; each validates and normalises its arguments, then calls one
+``_underscore`` method that a backend implements. Backends own atomicity: every method that
+changes state does so in one transaction, and writes its events in that same transaction.
+
+Documents
+    Jobs, executions, queues, workers and events are returned as plain ``dict`` objects whose
+    keys are listed in :data:`JOB_KEYS`, :data:`EXECUTION_KEYS` and so on; JSON fields
+    (``args``, ``kwargs``, ``data``, ``result``, ``error``) are already decoded. Times are
+    floats, seconds since the epoch.
+
+Fencing
+    A claim hands out a *lease token*. Heartbeat, complete, fail and release must present the
+    token of the current lease; a stale token (the job was re-leased after its lease expired,
+    aborted, or already completed) changes nothing and is reported as a ``stale_lease``
+    conflict for that item.
+
+Events
+    Every state change appends an event ``{"seq", "ts", "kind", "queue", "job_id",
+    "new_val"}`` with a strictly increasing ``seq``. After the transaction commits, the store
+    publishes the events to its in-process subscribers (:meth:`Store.subscribe`); a subscriber
+    that falls behind is told so and re-reads with :meth:`Store.events_since`.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import random
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+from .. import models
+from ..errors import InvalidRequest
+
+JOB_KEYS = (
+    "id", "queue", "method", "args", "kwargs", "status", "priority", "run_at", "attempts",
+    "max_attempts", "timeout", "backoff", "lease", "lease_expires", "worker", "data", "result",
+    "error", "key", "created_at", "started_at", "finished_at", "updated_at",
+)
+EXECUTION_KEYS = ("job_id", "attempt", "worker", "status", "started_at", "finished_at", "error")
+MAX_CLAIM = 1000
+MAX_LEASE = 24 * 3600.0
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How one attempt ended, as reported by the worker holding its lease.
+
+    ``status`` is ``finished`` or ``failed``. A failed attempt goes back to ``pending`` with a
+    backoff when ``retry`` is true and attempts remain; otherwise the job ends ``failed``.
+    ``lease=None`` completes without fencing; only the TQueues ``DELETE /`` uses it.
+    """
+
+    id: str
+    lease: str | None
+    status: str = models.FINISHED
+    result: Any = None
+    error: dict[str, Any] | None = None
+    retry: bool = True
+
+
+def ok(job: dict[str, Any]) -> dict[str, Any]:
+    """One item of a batch answer that succeeded."""
+    return {"id": job["id"], "ok": True, "status": job["status"], "job": job}
+
+
+def conflict(job_id: str, code: str, message: str) -> dict[str, Any]:
+    """One item of a batch answer that changed nothing."""
+    return {"id": job_id, "ok": False, "error": {"code": code, "message": message}}
+
+
+class Subscription:
+    """A bounded in-process feed of events published by one store.
+
+    ``get()`` returns the next batch of events. When more than ``limit`` events wait unread,
+    the subscription is marked ``overflowed`` and stops buffering: its owner must re-read
+    from the store with ``events_since(last_seq)`` (or give up), never grow without bound.
+    """
+
+    def __init__(self, store: "Store", limit: int) -> None:
+        self._store = store
+        self._limit = limit
+        self._items: list[dict[str, Any]] = []
+        self._ready = asyncio.Event()
+        self.overflowed = False
+        self.closed = False
+
+    def _push(self, events: Sequence[dict[str, Any]]) -> None:
+        if self.overflowed or self.closed:
+            return
+        if len(self._items) + len(events) > self._limit:
+            self.overflowed = True
+            self._items.clear()
+        else:
+            self._items.extend(events)
+        self._ready.set()
+
+    async def get(self) -> list[dict[str, Any]]:
+        """Wait for events; return them all (an empty list once overflowed or closed)."""
+        while not self._items and not self.overflowed and not self.closed:
+            self._ready.clear()
+            await self._ready.wait()
+        items, self._items = self._items, []
+        return items
+
+    def close(self) -> None:
+        self.closed = True
+        self._ready.set()
+        self._store._subscribers.discard(self)
+
+
+class Store(abc.ABC):
+    """A tqueues backend. Create with :func:`tqueues.store.open_store`, then ``await open()``."""
+
+    scheme: str = ""
+    #: True when the backend delivers events from other processes (many dispatchers).
+    shared: bool = False
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._subscribers: set[Subscription] = set()
+        self._rand = random.Random()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        """Connect, create or migrate the schema (idempotent). Raises StoreUnavailable."""
+        await self._open()
+
+    async def close(self) -> None:
+        """Finish pending writes and release every connection."""
+        for sub in list(self._subscribers):
+            sub.close()
+        await self._close()
+
+    async def __aenter__(self) -> "Store":
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ producers
+
+    async def enqueue(self, jobs: Sequence[models.NewJob]) -> list[tuple[dict[str, Any], bool]]:
+        """Insert jobs atomically (all or none); create their queues when new.
+
+        A job whose ``key`` matches an existing job is not inserted: that job is returned
+        instead. Returns ``(job, created)`` for each input, in order. Emits ``job.created``.
+        """
+        if not jobs:
+            return []
+        return await self._enqueue(list(jobs), models.now())
+
+    async def get(self, job_id: str) -> dict[str, Any]:
+        """The job document. Raises JobNotFound."""
+        return await self._get(job_id)
+
+    async def list_jobs(self, *, queue: str | None = None, status: str | None = None,
+                        method: str | None = None, limit: int = 100,
+                        before: str | None = None) -> list[dict[str, Any]]:
+        """Jobs matching every given filter, newest first, at most ``limit`` (1-1000).
+
+        ``before`` is a job id: only jobs created before it are returned (pagination).
+        """
+        if status is not None and status not in models.STATUSES:
+            raise InvalidRequest(f"status: must be one of {', '.join(models.STATUSES)}", field="status")
+        if not 1 <= limit <= 1000:
+            raise InvalidRequest("limit: must be between 1 and 1000", field="limit")
+        return await self._list_jobs(queue, status, method, limit, before)
+
+    async def executions(self, job_id: str) -> list[dict[str, Any]]:
+        """Every attempt of a job, oldest first. Raises JobNotFound."""
+        return await self._executions(job_id)
+
+    async def update_data(self, job_id: str, data: dict[str, Any], lease: str | None = None) -> dict[str, Any]:
+        """Merge ``data`` into the job's user data (top-level keys replaced). Emits ``job.updated``.
+
+        When ``lease`` is given it must be the current lease (LeaseConflict otherwise).
+        Raises JobNotFound.
+        """
+        return await self._update_data(job_id, data, lease, models.now())
+
+    async def abort(self, job_id: str) -> dict[str, Any]:
+        """Abort a pending or started job; its lease becomes stale. Emits ``job.aborted``.
+
+        Raises JobNotFound, or Conflict when the job already ended.
+        """
+        return await self._abort(job_id, models.now())
+
+    # ------------------------------------------------------------------ workers
+
+    async def claim(self, queues: Sequence[str], worker: str, limit: int = 1,
+                    lease_seconds: float = 30.0) -> list[dict[str, Any]]:
+        """Atomically lease up to ``limit`` ready jobs of the (unpaused) ``queues``.
+
+        Ready means ``pending`` with ``run_at <= now``; order is priority (high first), then
+        ``run_at``, then enqueue order. Each claimed job becomes ``started``, its ``attempts``
+        grows by one, an execution row opens, and it carries a fresh ``lease`` token valid
+        until ``lease_expires``. No job is ever leased twice at once. Emits ``job.started``.
+        """
+        if not queues:
+            raise InvalidRequest("queue: at least one queue is required", field="queue")
+        if not 1 <= limit <= MAX_CLAIM:
+            raise InvalidRequest(f"limit: must be between 1 and {MAX_CLAIM}", field="limit")
+        if not 0 < lease_seconds <= MAX_LEASE:
+            raise InvalidRequest(f"lease: must be between 0 and {MAX_LEASE} seconds", field="lease")
+        return await self._claim(list(dict.fromkeys(queues)), worker, limit, lease_seconds, models.now())
+
+    async def heartbeat(self, leases: Sequence[tuple[str, str]], lease_seconds: float,
+                        worker: str | None = None) -> list[dict[str, Any]]:
+        """Extend leases ``(job_id, lease)`` to now + ``lease_seconds``; mark the worker seen.
+
+        Returns one item per lease: ``{"id", "ok": True, ...}`` or a ``stale_lease`` conflict.
+        """
+        return await self._heartbeat(list(leases), lease_seconds, worker, models.now())
+
+    async def complete(self, outcomes: Sequence[Outcome]) -> list[dict[str, Any]]:
+        """Record how attempts ended, each fenced by its lease; one transaction for all.
+
+        Finished: ``status=finished``, ``result`` stored. Failed: the error is stored on the
+        job and its execution; the job is retried (``pending``, ``run_at`` = now + backoff,
+        ``job.retrying``) while ``retry`` and attempts remain, else ends ``failed``. Returns one
+        item per outcome: ok with the new job, or a conflict (``stale_lease``,
+        ``job_not_found``) that changed nothing.
+        """
+        for outcome in outcomes:
+            if outcome.status not in (models.FINISHED, models.FAILED):
+                raise InvalidRequest("status: must be finished or failed", field="status")
+        return await self._complete(list(outcomes), models.now())
+
+    async def release(self, leases: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+        """Hand leased jobs back unrun: ``pending`` again, the attempt not counted."""
+        return await self._release(list(leases), models.now())
+
+    async def requeue_expired(self) -> int:
+        """Return jobs whose lease expired to ``pending`` (the attempt stays counted; its
+        execution ends ``lost``), or end them ``failed`` with a ``worker_lost`` error when no
+        attempt remains. Safe to run concurrently. Returns how many jobs it changed."""
+        return await self._requeue_expired(models.now())
+
+    async def next_run_at(self, queues: Sequence[str]) -> float | None:
+        """The earliest ``run_at`` of a pending job in ``queues`` (None when there is none)."""
+        return await self._next_run_at(list(queues))
+
+    async def register_worker(self, info: dict[str, Any]) -> dict[str, Any]:
+        """Insert or update a worker (``id`` required) and mark it seen now."""
+        return await self._register_worker(info, models.now())
+
+    async def workers(self) -> list[dict[str, Any]]:
+        """Every registered worker with ``last_seen``, newest first."""
+        return await self._workers()
+
+    # ------------------------------------------------------------------ queues
+
+    async def queues(self) -> list[dict[str, Any]]:
+        """Every queue with ``paused`` and ``counts`` per status."""
+        return await self._queues()
+
+    async def set_queue(self, name: str, *, paused: bool | None = None) -> dict[str, Any]:
+        """Create the queue if needed and change its settings. Emits ``queue.updated``."""
+        models.check_queue(name)
+        return await self._set_queue(name, paused, models.now())
+
+    # ------------------------------------------------------------------ events
+
+    async def events_since(self, seq: int, limit: int = 1000, *, queue: str | None = None,
+                           job_id: str | None = None) -> list[dict[str, Any]]:
+        """Events with ``seq`` greater than the one given, oldest first, at most ``limit``."""
+        return await self._events_since(seq, limit, queue, job_id)
+
+    async def last_seq(self) -> int:
+        """The ``seq`` of the newest event (0 when none)."""
+        return await self._last_seq()
+
+    def subscribe(self, limit: int = 100_000) -> Subscription:
+        """A live feed of the events this store commits from now on (see Subscription)."""
+        sub = Subscription(self, limit)
+        self._subscribers.add(sub)
+        return sub
+
+    def _publish(self, events: Sequence[dict[str, Any]]) -> None:
+        """Fan committed events out to subscribers; called on the event loop by backends."""
+        if events:
+            for sub in list(self._subscribers):
+                sub._push(events)
+
+    async def prune(self, older_than: float) -> int:
+        """Delete ended jobs (with executions) and events older than ``older_than`` seconds.
+        Returns how many jobs were deleted."""
+        if older_than < 0:
+            raise InvalidRequest("older_than: must be >= 0", field="older_than")
+        return await self._prune(models.now() - older_than)
+
+    # ------------------------------------------------------------------ shared rules
+
+    def retry_at(self, job: dict[str, Any], retry: bool, now: float) -> float | None:
+        """When a failed attempt should run again, or None when the job must end ``failed``."""
+        if not retry or job["attempts"] >= job["max_attempts"]:
+            return None
+        return now + models.backoff_delay(job["backoff"], job["attempts"], self._rand.random())
+
+    # ------------------------------------------------------------------ backend hooks
+
+    @abc.abstractmethod
+    async def _open(self) -> None: ...
+
+    @abc.abstractmethod
+    async def _close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def _enqueue(self, jobs: list[models.NewJob], now: float) -> list[tuple[dict[str, Any], bool]]: ...
+
+    @abc.abstractmethod
+    async def _get(self, job_id: str) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    async def _list_jobs(self, queue: str | None, status: str | None, method: str | None,
+                         limit: int, before: str | None) -> list[dict[str, Any]]: ...
+
+    @abc.abstractmethod
+    async def _executions(self, job_id: str) -> list[dict[str, Any]]: ...
+
+    @abc.abstractmethod
+    async def _update_data(self, job_id: str, data: dict[str, Any], lease: str | None, now: float) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    async def _abort(self, job_id: str, now: float) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    async def _claim(self, queues: list[str], worker: str, limit: int, lease_seconds: float,
+                     now: float) -> list[dict[str, Any]]: ...
+
+    @abc.abstractmethod
+    async def _heartbeat(self, leases: list[tuple[str, str]], lease_seconds: float,
+                         worker: str | None, now: float) -> list[dict[str, Any]]: ...
+
+    @abc.abstractmethod
+    async def _complete(self, outcomes: list[Outcome], now: float) -> list[dict[str, Any]]: ...
+
+    @abc.abstractmethod
+    async def _release(self, leases: list[tuple[str, str]], now: float) -> list[dict[str, Any]]: ...
+
+    @abc.abstractmethod
+    async def _requeue_expired(self, now: float) -> int: ...
+
+    @abc.abstractmethod
+    async def _next_run_at(self, queues: list[str]) -> float | None: ...
+
+    @abc.abstractmethod
+    async def _register_worker(self, info: dict[str, Any], now: float) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    async def _workers(self) -> list[dict[str, Any]]: ...
+
+    @abc.abstractmethod
+    async def _queues(self) -> list[dict[str, Any]]: ...
+
+    @abc.abstractmethod
+    async def _set_queue(self, name: str, paused: bool | None, now: float) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    async def _events_since(self, seq: int, limit: int, queue: str | None,
+                            job_id: str | None) -> list[dict[str, Any]]: ...
+
+    @abc.abstractmethod
+    async def _last_seq(self) -> int: ...
+
+    @abc.abstractmethod
+    async def _prune(self, cutoff: float) -> int: ...
+
+
+def unique(items: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(items))

@@ -1,0 +1,138 @@
+"""``Job``: one leased attempt of a job, as an async context manager.
+
+    async for job in worker:
+        async with job:
+            await job.run()
+
+Leaving the block reports the attempt: ``finished`` with ``job.result`` when it ended
+normally, ``failed`` with the exception and its traceback otherwise — never finished after
+an exception. The exception is recorded, then suppressed, so one bad job never stops a worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import traceback
+from typing import TYPE_CHECKING, Any, Callable
+
+from .. import models
+from ..errors import ClientError, JobAborted, JobTimeout, NotRegistered
+from .runner import ChildDied, RemoteError
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+STOP_GRACE = 1.0   # seconds an async function gets to honour its cancellation
+
+
+def wants_job(fn: Callable[..., Any]) -> bool:
+    """True when ``fn`` declares a ``tq_parent_job`` parameter."""
+    try:
+        return "tq_parent_job" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def is_async(fn: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+
+
+class Job:
+    """A job leased to this worker: its document, its lease, and how to run it."""
+
+    def __init__(self, worker: "Worker", doc: dict[str, Any]) -> None:
+        self.worker = worker
+        self.doc = doc
+        self.id: str = doc["id"]
+        self.queue: str = doc["queue"]
+        self.method: str = doc["method"]
+        self.args: list[Any] = list(doc.get("args") or [])
+        self.kwargs: dict[str, Any] = dict(doc.get("kwargs") or {})
+        self.attempt: int = doc["attempts"]
+        self.max_attempts: int = doc.get("max_attempts", 1)
+        self.lease: str = doc["lease"]
+        self.timeout: float | None = doc.get("timeout") or worker.default_timeout
+        self.data: dict[str, Any] = dict(doc.get("data") or {})
+        self.result: Any = None
+        self.lost = False          # the lease was lost: aborted, re-leased or ended elsewhere
+        self._inner: asyncio.Future[Any] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id} {self.method} attempt {self.attempt}>"
+
+    # ------------------------------------------------------------------ for the function
+
+    async def update(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Merge ``data`` into the job's ``data`` on the dispatcher (progress, partial results)."""
+        self.data.update(data)
+        try:
+            doc = await self.worker.client.update(self.id, models.to_jsonable(dict(data)), self.lease)
+        except ClientError as exc:
+            if exc.code == "stale_lease":
+                self.lose()
+            raise
+        return doc
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self) -> Any:
+        """Run the registered function with a timeout; the result is kept in ``self.result``."""
+        fn = self.worker.registry.resolve(self.method)
+        kwargs = dict(self.kwargs)
+        pass_job = wants_job(fn)
+        if is_async(fn):
+            if pass_job:
+                kwargs["tq_parent_job"] = self
+            self._inner = asyncio.ensure_future(fn(*self.args, **kwargs))
+        else:
+            self._inner = asyncio.ensure_future(self.worker.run_plain(self, fn, kwargs, pass_job))
+        done, _ = await asyncio.wait({self._inner}, timeout=self.timeout)
+        if not done:
+            self._inner.cancel()
+            await asyncio.wait({self._inner}, timeout=STOP_GRACE)
+            raise JobTimeout(f"the job ran past its timeout of {self.timeout:g} s and was stopped")
+        try:
+            self.result = self._inner.result()
+        except asyncio.CancelledError:
+            if self.lost:
+                raise JobAborted("the job's lease was lost (aborted or re-leased); it was stopped") from None
+            raise
+        return self.result
+
+    def lose(self) -> None:
+        """The dispatcher no longer holds this lease for us: stop the function, report nothing."""
+        self.lost = True
+        if self._inner is not None and not self._inner.done():
+            self._inner.cancel()
+
+    # ------------------------------------------------------------------ context manager
+
+    async def __aenter__(self) -> "Job":
+        self.worker._hold(self)
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: Any) -> bool:
+        if self.lost:
+            self.worker._drop(self)
+            return isinstance(exc, Exception)
+        if exc is None:
+            self.worker._report(self, {"id": self.id, "lease": self.lease, "status": models.FINISHED,
+                                       "result": models.to_jsonable(self.result)})
+            return False
+        if isinstance(exc, asyncio.CancelledError) or not isinstance(exc, Exception):
+            return False   # shutting down: the worker releases the lease
+        self.worker._report(self, {"id": self.id, "lease": self.lease, "status": models.FAILED,
+                                   "error": error_of(exc), "retry": not isinstance(exc, NotRegistered)})
+        return True
+
+
+def error_of(exc: BaseException) -> dict[str, Any]:
+    """The stored error of an exception (a child's error keeps the child's type and traceback)."""
+    if isinstance(exc, RemoteError):
+        return models.error_doc(exc.exc_type, exc.message, exc.traceback)
+    if isinstance(exc, ChildDied):
+        return models.error_doc("ChildDied", str(exc), None)
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return models.error_doc(type(exc).__name__, str(exc), tb)

@@ -1,0 +1,158 @@
+"""Running plain (non-async) functions so that they can really be stopped.
+
+Each concurrent plain job runs in a child process of a small pool (started through a
+``forkserver``, so no thread state of the worker leaks into it). A child that overruns its
+timeout, or whose job is aborted, is killed and replaced; hung code — an endless loop,
+``time.sleep(1e9)``, a C call that never returns — stops for sure. A child that dies on its own
+(``os._exit``, a segfault) fails only the job it was running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import multiprocessing.connection
+import os
+import pickle
+import signal
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+from .. import models
+
+KILL_GRACE = 1.0
+
+
+class RemoteError(Exception):
+    """An exception raised by a function in a child process, with its traceback."""
+
+    def __init__(self, exc_type: str, message: str, tb: str) -> None:
+        super().__init__(message)
+        self.exc_type = exc_type
+        self.message = message
+        self.traceback = tb
+
+
+class ChildDied(Exception):
+    """The child process running the job exited before answering."""
+
+
+class ChildJob:
+    """What a plain function gets as ``tq_parent_job`` in a child process."""
+
+    def __init__(self, conn: multiprocessing.connection.Connection, info: dict[str, Any]) -> None:
+        self._conn = conn
+        self.id: str = info["id"]
+        self.queue: str = info["queue"]
+        self.method: str = info["method"]
+        self.attempt: int = info["attempt"]
+        self.data: dict[str, Any] = dict(info.get("data") or {})
+
+    def update(self, data: dict[str, Any]) -> None:
+        """Merge ``data`` into the job's data on the dispatcher (sent in the background)."""
+        self.data.update(data)
+        self._conn.send(("update", models.to_jsonable(dict(data))))
+
+
+def _child_main(conn: multiprocessing.connection.Connection) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    while True:
+        try:
+            raw = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        try:
+            fn, args, kwargs, info, pass_job = pickle.loads(raw)
+            if pass_job:
+                kwargs["tq_parent_job"] = ChildJob(conn, info)
+            result = fn(*args, **kwargs)
+            answer: tuple[Any, ...] = ("ok", models.to_jsonable(result))
+        except BaseException as exc:  # noqa: BLE001 - every failure is the job's result
+            answer = ("error", type(exc).__name__, str(exc), traceback.format_exc())
+        try:
+            conn.send(answer)
+        except (EOFError, OSError, BrokenPipeError):
+            return
+
+
+class _Child:
+    def __init__(self, ctx: Any) -> None:
+        self.conn, child_conn = ctx.Pipe(duplex=True)
+        self.process = ctx.Process(target=_child_main, args=(child_conn,), daemon=True, name="tqueues-job")
+        self.process.start()
+        child_conn.close()
+
+    def kill(self) -> None:
+        with contextlib.suppress(Exception):
+            if self.process.is_alive():
+                self.process.terminate()
+                self.process.join(KILL_GRACE)
+            if self.process.is_alive():
+                self.process.kill()
+            self.process.join(5)
+        with contextlib.suppress(Exception):
+            self.conn.close()
+
+
+class ProcessPool:
+    """Child processes for plain functions, started on demand, at most ``size`` at once."""
+
+    def __init__(self, size: int, method: str = "forkserver") -> None:
+        if method not in multiprocessing.get_all_start_methods():
+            method = "spawn"
+        self._ctx = multiprocessing.get_context(method)
+        self._idle: list[_Child] = []
+        self._busy: set[_Child] = set()
+        self._threads = ThreadPoolExecutor(max_workers=size + 2, thread_name_prefix="tqueues-child-io")
+        self._slots = asyncio.Semaphore(size)
+
+    async def run(self, fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], info: dict[str, Any],
+                  pass_job: bool, on_update: Callable[[dict[str, Any]], None]) -> Any:
+        """Run ``fn`` in a child; its result, or RemoteError / ChildDied. Cancelling kills the child."""
+        try:
+            payload = pickle.dumps((fn, args, kwargs, info, pass_job))
+        except Exception as exc:
+            raise RemoteError(type(exc).__name__,
+                              f"cannot send {models.dumps_str(info['method'])} to a child process: {exc} "
+                              "(plain functions must be defined at module level)", "") from None
+        loop = asyncio.get_running_loop()
+        async with self._slots:
+            child = self._idle.pop() if self._idle else await loop.run_in_executor(self._threads, _Child, self._ctx)
+            self._busy.add(child)
+            healthy = False
+            try:
+                await loop.run_in_executor(self._threads, child.conn.send_bytes, payload)
+                while True:
+                    try:
+                        message = await loop.run_in_executor(self._threads, child.conn.recv)
+                    except (EOFError, OSError):
+                        await loop.run_in_executor(self._threads, child.process.join, 5)
+                        raise ChildDied(f"the job's process exited with code {child.process.exitcode}") from None
+                    if message[0] == "update":
+                        on_update(message[1])
+                        continue
+                    healthy = True
+                    if message[0] == "ok":
+                        return message[1]
+                    raise RemoteError(*message[1:])
+            finally:
+                self._busy.discard(child)
+                if healthy:
+                    self._idle.append(child)
+                else:
+                    await asyncio.shield(loop.run_in_executor(self._threads, child.kill))
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        children = self._idle + list(self._busy)
+        self._idle.clear()
+        for child in children:
+            await loop.run_in_executor(self._threads, child.kill)
+        self._threads.shutdown(wait=False, cancel_futures=True)
+
+
+def pid() -> int:
+    return os.getpid()

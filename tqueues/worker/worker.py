@@ -1,0 +1,329 @@
+"""``Worker``: claims jobs from a dispatcher and runs them with bounded concurrency.
+
+The worker never touches the database. It long-polls ``/api/v1/claim`` for as many jobs as
+it has free slots, runs them (coroutines on the loop, plain functions in child processes),
+sends heartbeats for every lease it holds, and reports outcomes in batches. A heartbeat
+answered ``stale_lease`` (the job was aborted or re-leased) stops that job at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from typing import Any, Callable, Iterable
+
+from .. import __version__, models
+from ..client import Client
+from ..errors import ClientError, ConfigurationError
+from .job import Job
+from .registry import Registry
+from .runner import ProcessPool
+
+log = logging.getLogger("tqueues.worker")
+
+ISOLATIONS = ("process", "thread")
+
+
+class Worker:
+    """An async iterator of :class:`Job` s claimed from ``queues``; ``run_forever()`` runs them."""
+
+    def __init__(self, endpoint_url: str, queues: Iterable[str] | str, *, registry: Registry | None = None,
+                 functions: Iterable[Callable[..., Any]] = (), modules: Iterable[str] = (),
+                 concurrency: int = 1, wait: float = 30.0, isolation: str = "process", grace: float = 30.0,
+                 timeout: float | None = None, worker_id: str | None = None, token: str | None = None) -> None:
+        self.queues = [queues] if isinstance(queues, str) else list(queues)
+        for queue in self.queues:
+            models.check_queue(queue)
+        if not self.queues:
+            raise ConfigurationError("a worker needs at least one queue")
+        if concurrency < 1:
+            raise ConfigurationError("concurrency must be at least 1")
+        if isolation not in ISOLATIONS:
+            raise ConfigurationError(f"isolation must be one of {', '.join(ISOLATIONS)}")
+        self.registry = registry or Registry()
+        for fn in functions:
+            self.registry.add(fn)
+        for module in modules:
+            self.registry.add_module(module)
+        self.client = Client(endpoint_url, token=token, timeout=30.0)
+        self.concurrency = concurrency
+        self.wait = wait
+        self.isolation = isolation
+        self.grace = grace
+        self.default_timeout = timeout
+        self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.lease_seconds = 30.0
+        self.jobs_done = 0
+        self.jobs_failed = 0
+        self._held: dict[str, Job] = {}          # every lease we hold, until reported or lost
+        self._buffer: list[dict[str, Any]] = []  # claimed, not yet handed out
+        self._outcomes: list[tuple[Job, dict[str, Any]]] = []
+        self._outcome_ready = asyncio.Event()
+        self._running: set[asyncio.Task[None]] = set()
+        self._slot_free = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._claim_task: asyncio.Task[Any] | None = None
+        self._background: list[asyncio.Task[None]] = []
+        self._pool: ProcessPool | None = None
+        self._threads: Any = None
+        self._started = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Register with the dispatcher (waiting until it answers) and start heartbeats."""
+        if self._started:
+            return
+        self._started = True
+        self.registry.discover()
+        delay = 0.2
+        while not self._stopping.is_set():
+            try:
+                await self.client.request("POST", "api/v1/workers", json=self.info("running"))
+                break
+            except ClientError as exc:
+                if exc.status and exc.status < 500:
+                    raise
+                log.warning("dispatcher %s not reachable (%s); retrying in %.1f s", self.client.endpoint_url, exc, delay)
+                await self._sleep(delay)
+                delay = min(delay * 2, 5.0)
+        self._background = [asyncio.ensure_future(self._heartbeats()), asyncio.ensure_future(self._flusher())]
+        log.info("worker %s serving %s with %d slot(s); %d function(s) registered",
+                 self.id, ", ".join(self.queues), self.concurrency, len(self.registry))
+
+    def info(self, status: str) -> dict[str, Any]:
+        return {"id": self.id, "host": socket.gethostname(), "pid": os.getpid(), "queues": self.queues,
+                "functions": self.registry.names(), "concurrency": self.concurrency, "version": __version__,
+                "status": status, "jobs_done": self.jobs_done, "jobs_failed": self.jobs_failed}
+
+    def stop(self) -> None:
+        """Stop claiming; ``run_forever`` then finishes or releases what it holds and returns."""
+        self._stopping.set()
+        self._slot_free.set()
+        if self._claim_task is not None:
+            self._claim_task.cancel()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    async def close(self) -> None:
+        """Release every lease still held, flush outcomes, deregister, close connections."""
+        await self._flush_all()
+        leftovers = [(doc["id"], doc["lease"]) for doc in self._buffer]
+        leftovers += [(job.id, job.lease) for job in self._held.values() if job not in {j for j, _ in self._outcomes}]
+        self._buffer.clear()
+        if leftovers:
+            with contextlib.suppress(ClientError):
+                await self.client.request("POST", "api/v1/release",
+                                          json={"leases": [{"id": i, "lease": l} for i, l in leftovers]})
+                log.info("released %d job(s) on shutdown", len(leftovers))
+        for task in self._background:
+            task.cancel()
+        for task in self._background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        with contextlib.suppress(ClientError):
+            await self.client.request("POST", "api/v1/workers", json=self.info("stopped"), timeout=5)
+        if self._pool is not None:
+            await self._pool.close()
+        if self._threads is not None:
+            self._threads.shutdown(wait=False)
+        await self.client.close()
+
+    async def __aenter__(self) -> "Worker":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.stop()
+        await self.close()
+
+    # ------------------------------------------------------------------ claiming
+
+    async def claim(self, limit: int, wait: float | None = None) -> list[dict[str, Any]]:
+        """Lease up to ``limit`` jobs, long-polling up to ``wait`` seconds (empty on timeout)."""
+        wait = self.wait if wait is None else wait
+        answer = await self.client.request("POST", "api/v1/claim", timeout=wait + 30, json={
+            "queues": self.queues, "worker": self.id, "limit": limit, "wait": wait})
+        self.lease_seconds = float(answer.get("lease_seconds") or self.lease_seconds)
+        return answer["jobs"]
+
+    async def _claim_guarded(self, limit: int) -> list[dict[str, Any]]:
+        """Claim, cancellable by stop(); connection errors back off instead of raising."""
+        self._claim_task = asyncio.ensure_future(self.claim(limit))
+        try:
+            return await self._claim_task
+        except asyncio.CancelledError:
+            if self._stopping.is_set():
+                return []
+            raise
+        except ClientError as exc:
+            log.warning("claim failed: %s", exc)
+            await self._sleep(1.0)
+            return []
+        finally:
+            self._claim_task = None
+
+    def __aiter__(self) -> "Worker":
+        return self
+
+    async def __anext__(self) -> Job:
+        await self.start()
+        while not self._buffer:
+            if self._stopping.is_set():
+                raise StopAsyncIteration
+            self._buffer.extend(await self._claim_guarded(1))
+        return Job(self, self._buffer.pop(0))
+
+    async def run_forever(self) -> None:
+        """Claim and run jobs until :meth:`stop` (SIGTERM in the CLI), then shut down cleanly."""
+        await self.start()
+        try:
+            while not self._stopping.is_set():
+                free = self.concurrency - len(self._running)
+                if free <= 0:
+                    self._slot_free.clear()
+                    await self._slot_free.wait()
+                    continue
+                for doc in await self._claim_guarded(free):
+                    task = asyncio.ensure_future(self._run_job(Job(self, doc)))
+                    self._running.add(task)
+                    task.add_done_callback(self._job_done)
+            await self._drain()
+        finally:
+            await self.close()
+
+    async def _run_job(self, job: Job) -> None:
+        async with job:
+            await job.run()
+
+    def _job_done(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._slot_free.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("job task failed", exc_info=task.exception())
+
+    async def _drain(self) -> None:
+        """Give running jobs ``grace`` seconds to finish, then stop them (their leases are released)."""
+        if not self._running:
+            return
+        log.info("waiting up to %.0f s for %d running job(s)", self.grace, len(self._running))
+        _, pending = await asyncio.wait(set(self._running), timeout=self.grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=5)
+
+    # ------------------------------------------------------------------ plain functions
+
+    async def run_plain(self, job: Job, fn: Callable[..., Any], kwargs: dict[str, Any], pass_job: bool) -> Any:
+        """Run a plain function off the event loop (a child process, or a thread)."""
+        loop = asyncio.get_running_loop()
+        if self.isolation == "thread":
+            if pass_job:
+                kwargs["tq_parent_job"] = _ThreadJob(job, loop)
+            if self._threads is None:
+                from concurrent.futures import ThreadPoolExecutor
+                self._threads = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="tqueues-job")
+            return await loop.run_in_executor(self._threads, lambda: fn(*job.args, **kwargs))
+        if self._pool is None:
+            self._pool = ProcessPool(self.concurrency)
+        info = {"id": job.id, "queue": job.queue, "method": job.method, "attempt": job.attempt, "data": job.data}
+
+        def on_update(data: dict[str, Any]) -> None:
+            asyncio.ensure_future(_quiet(job.update(data)))
+
+        return await self._pool.run(fn, job.args, kwargs, info, pass_job, on_update)
+
+    # ------------------------------------------------------------------ leases and outcomes
+
+    def _hold(self, job: Job) -> None:
+        self._held[job.id] = job
+
+    def _drop(self, job: Job) -> None:
+        self._held.pop(job.id, None)
+
+    def _report(self, job: Job, outcome: dict[str, Any]) -> None:
+        self._outcomes.append((job, outcome))
+        self._outcome_ready.set()
+
+    async def _flusher(self) -> None:
+        while True:
+            await self._outcome_ready.wait()
+            self._outcome_ready.clear()
+            await self._flush_all()
+
+    async def _flush_all(self) -> None:
+        delay = 0.2
+        while self._outcomes:
+            batch, self._outcomes = self._outcomes, []
+            try:
+                answer = await self.client.request("POST", "api/v1/complete",
+                                                   json={"outcomes": [o for _, o in batch], "documents": False})
+            except ClientError as exc:
+                if exc.status and 400 <= exc.status < 500:
+                    log.error("dispatcher refused outcomes: %s", exc)
+                    for job, _ in batch:
+                        self._drop(job)
+                    continue
+                self._outcomes = batch + self._outcomes
+                if self._stopping.is_set() and delay > 5:
+                    log.error("giving up reporting %d outcome(s): %s", len(self._outcomes), exc)
+                    return
+                log.warning("cannot report outcomes (%s); retrying in %.1f s", exc, delay)
+                await self._sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            for (job, outcome), result in zip(batch, answer["results"]):
+                self._drop(job)
+                if not result["ok"]:
+                    log.warning("outcome of %s not recorded: %s", job, result["error"]["message"])
+                elif outcome["status"] == models.FINISHED:
+                    self.jobs_done += 1
+                else:
+                    self.jobs_failed += 1
+                    log.info("%s failed: %s: %s", job, outcome["error"]["type"], outcome["error"]["message"])
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(max(self.lease_seconds / 3, 0.05))
+            jobs = dict(self._held)
+            try:
+                answer = await self.client.request("POST", "api/v1/heartbeat", timeout=max(self.lease_seconds / 2, 1), json={
+                    "worker": self.id, "leases": [{"id": j.id, "lease": j.lease} for j in jobs.values()]})
+            except ClientError as exc:
+                log.warning("heartbeat failed: %s", exc)
+                continue
+            for result in answer["results"]:
+                if not result["ok"]:
+                    job = jobs.get(result["id"])
+                    if job is not None and self._held.get(job.id) is job:
+                        log.warning("%s: lease lost (%s); stopping it", job, result["error"]["message"])
+                        job.lose()
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+
+class _ThreadJob:
+    """``tq_parent_job`` for a plain function run in a thread: ``update()`` is blocking."""
+
+    def __init__(self, job: Job, loop: asyncio.AbstractEventLoop) -> None:
+        self._job, self._loop = job, loop
+        self.id, self.queue, self.method, self.attempt, self.data = job.id, job.queue, job.method, job.attempt, job.data
+
+    def update(self, data: dict[str, Any]) -> None:
+        asyncio.run_coroutine_threadsafe(self._job.update(data), self._loop).result()
+
+
+async def _quiet(coro: Any) -> None:
+    try:
+        await coro
+    except ClientError as exc:
+        log.warning("job update failed: %s", exc)
