@@ -9,6 +9,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from support.server import Server
+
 from tqueues.dispatcher import Settings, create_app
 from tqueues.store import Store, open_store
 
@@ -40,25 +42,6 @@ async def store(db_url: str) -> AsyncIterator[Store]:
         yield s
     finally:
         await s.close()
-
-
-class Server:
-    """A dispatcher application served on a real loopback port."""
-
-    def __init__(self, url: str, app: web.Application, store: Store, session: aiohttp.ClientSession) -> None:
-        self.url = url
-        self.app = app
-        self.store = store
-        self.session = session
-
-    async def call(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
-        async with self.session.request(method, self.url + path.lstrip("/"), **kwargs) as response:
-            raw = await response.read()
-            try:
-                body = await response.json(content_type=None) if raw else None
-            except ValueError:
-                body = raw.decode(errors="replace")
-            return response.status, body
 
 
 @pytest.fixture

@@ -65,6 +65,7 @@ class Worker:
         self._outcome_ready = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
         self._slot_free = asyncio.Event()
+        self._lease_changed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._claim_task: asyncio.Task[Any] | None = None
         self._background: list[asyncio.Task[None]] = []
@@ -150,7 +151,10 @@ class Worker:
         wait = self.wait if wait is None else wait
         answer = await self.client.request("POST", "api/v1/claim", timeout=wait + 30, json={
             "queues": self.queues, "worker": self.id, "limit": limit, "wait": wait})
-        self.lease_seconds = float(answer.get("lease_seconds") or self.lease_seconds)
+        lease = float(answer.get("lease_seconds") or self.lease_seconds)
+        if lease != self.lease_seconds:
+            self.lease_seconds = lease
+            self._lease_changed.set()
         return answer["jobs"]
 
     async def _claim_guarded(self, limit: int) -> list[dict[str, Any]]:
@@ -234,11 +238,16 @@ class Worker:
         if self._pool is None:
             self._pool = ProcessPool(self.concurrency)
         info = {"id": job.id, "queue": job.queue, "method": job.method, "attempt": job.attempt, "data": job.data}
+        updates: list[asyncio.Future[None]] = []
 
         def on_update(data: dict[str, Any]) -> None:
-            asyncio.ensure_future(_quiet(job.update(data)))
+            updates.append(asyncio.ensure_future(_quiet(job.update(data))))
 
-        return await self._pool.run(fn, job.args, kwargs, info, pass_job, on_update)
+        try:
+            return await self._pool.run(fn, job.args, kwargs, info, pass_job, on_update)
+        finally:
+            if updates:   # the job's updates land before its outcome is reported
+                await asyncio.wait(updates)
 
     # ------------------------------------------------------------------ leases and outcomes
 
@@ -291,7 +300,10 @@ class Worker:
 
     async def _heartbeats(self) -> None:
         while True:
-            await asyncio.sleep(max(self.lease_seconds / 3, 0.05))
+            # A third of the lease between beats; a claim that brings a shorter lease wakes us.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._lease_changed.wait(), max(self.lease_seconds / 3, 0.05))
+            self._lease_changed.clear()
             jobs = dict(self._held)
             try:
                 answer = await self.client.request("POST", "api/v1/heartbeat", timeout=max(self.lease_seconds / 2, 1), json={
