@@ -87,8 +87,9 @@ def wait_healthy(url: str, timeout: float = 20.0, proc: Proc | None = None) -> N
 
 def start_dispatcher(tmp: Path, db_url: str, *extra: str, port: int | None = None, name: str = "dispatcher") -> tuple[Proc, str]:
     port = port or free_port()
+    level = [] if "--loglevel" in extra else ["--loglevel", "INFO"]
     proc = Proc([sys.executable, "-m", "tqueues.cli.dispatcher", "--db", db_url, "--bind", f"127.0.0.1:{port}",
-                 "--loglevel", "INFO", *extra], tmp / f"{name}-{port}.log")
+                 *level, *extra], tmp / f"{name}-{port}.log")
     url = f"http://127.0.0.1:{port}/"
     wait_healthy(url, proc=proc)
     return proc, url
@@ -97,7 +98,7 @@ def start_dispatcher(tmp: Path, db_url: str, *extra: str, port: int | None = Non
 def start_worker(tmp: Path, url: str, queue: str, *extra: str, imports: tuple[str, ...] = ("support.jobs",),
                  concurrency: int = 1, name: str = "worker") -> Proc:
     args = [sys.executable, "-m", "tqueues.cli.worker", "--endpoint_url", url, "--queue", queue,
-            "--concurrency", str(concurrency), "--loglevel", "INFO", *extra]
+            "--concurrency", str(concurrency), *([] if "--loglevel" in extra else ["--loglevel", "INFO"]), *extra]
     for module in imports:
         args += ["--import", module]
     return Proc(args, tmp / f"{name}-{time.monotonic_ns()}.log")
