@@ -22,4 +22,21 @@ fi
 
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 
+# PostgreSQL: the server named by TQUEUES_TEST_POSTGRES, else a throw-away cluster that the
+# tests start themselves with initdb and pg_ctl. Install the binaries when they are missing.
+if [ -z "${TQUEUES_TEST_POSTGRES:-}" ]; then
+    if ! command -v pg_ctl >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
+        echo "tqueues tests: installing PostgreSQL (set TQUEUES_TEST_POSTGRES=postgresql://... to use a running server)" >&2
+        if ! command -v apt-get >/dev/null 2>&1; then
+            echo "tqueues tests: no PostgreSQL binaries and no apt-get; install PostgreSQL or set TQUEUES_TEST_POSTGRES" >&2
+            exit 1
+        fi
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    fi
+    if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
+        useradd --system --home-dir /var/lib/postgresql --shell /bin/sh postgres
+    fi
+fi
+
 exec .venv/bin/python -m pytest "$@"

@@ -2,26 +2,57 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import threading
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine, Iterator, TypeVar
 
 import aiohttp
 import pytest
 from aiohttp import web
 
+from support import pg
 from support.server import Server
 
 from tqueues.dispatcher import Settings, create_app
 from tqueues.store import Store, open_store
 
+T = TypeVar("T")
+
 # Every backend the contract suite runs on; a backend is added here once it exists.
-BACKENDS = ["sqlite"]
+BACKENDS = os.environ.get("TQUEUES_TEST_BACKENDS", "sqlite").split(",")
 
 
-def make_url(backend: str, tmp_path: Path) -> str:
-    if backend == "sqlite":
-        return f"sqlite:///{tmp_path / 'tqueues.db'}"
-    raise ValueError(backend)
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion on a private loop in a thread (safe inside any test)."""
+    out: list[Any] = []
+
+    def target() -> None:
+        out.append(asyncio.run(coro))
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if not out:
+        raise RuntimeError("coroutine failed; see the log above")
+    return out[0]
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[pg.Cluster]:
+    """The PostgreSQL server of this test session (TQUEUES_TEST_POSTGRES, or a throw-away one)."""
+    url = os.environ.get(pg.ENV)
+    cluster = pg.Cluster(url) if url else pg.Cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_template(pg_cluster: pg.Cluster) -> str:
+    return run_sync(pg.create_template(pg_cluster))
 
 
 @pytest.fixture(params=BACKENDS)
@@ -30,8 +61,18 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def db_url(backend: str, tmp_path: Path) -> str:
-    return make_url(backend, tmp_path)
+def db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh, empty database of ``backend`` for this test."""
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'tqueues.db'}"
+        return
+    cluster: pg.Cluster = request.getfixturevalue("pg_cluster")
+    template: str = request.getfixturevalue("pg_template")
+    url = run_sync(pg.fresh_database(cluster, template))
+    try:
+        yield url
+    finally:
+        run_sync(pg.drop_database(cluster, url))
 
 
 @pytest.fixture

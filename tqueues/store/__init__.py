@@ -16,6 +16,14 @@ def _sqlite(url: str) -> Store:
     return SQLiteStore(url)
 
 
+def _postgres(url: str) -> Store:
+    try:
+        from .postgres import PostgresStore
+    except ImportError as exc:  # pragma: no cover - asyncpg is a dependency
+        raise BackendNotAvailable(f"the PostgreSQL store needs asyncpg ({exc})") from None
+    return PostgresStore(url)
+
+
 def _unavailable(name: str):
     def make(url: str) -> Store:
         raise BackendNotAvailable(f"the {name} store is not available in this version of tqueues yet; use sqlite:///PATH")
@@ -24,8 +32,8 @@ def _unavailable(name: str):
 
 BACKENDS = {
     "sqlite": _sqlite,
-    "postgresql": _unavailable("PostgreSQL"),
-    "postgres": _unavailable("PostgreSQL"),
+    "postgresql": _postgres,
+    "postgres": _postgres,
     "rethinkdb": _unavailable("RethinkDB"),
 }
 

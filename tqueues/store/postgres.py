@@ -1,0 +1,792 @@
+"""The PostgreSQL store: many dispatchers, one database.
+
+Design
+    * asyncpg. A pool of connections for reads; one writer connection per dispatcher that
+      runs every operation waiting in ONE transaction (each in a savepoint, so a failing
+      operation rolls back alone) and commits once: group commit, as in the SQLite store.
+    * Claims are one ``UPDATE … FROM (SELECT … FOR UPDATE SKIP LOCKED)`` statement: two
+      dispatchers never lease the same job, and neither waits for the other's locked rows.
+      Every fenced change (heartbeat, complete, release, requeue) names the lease token in its
+      ``WHERE`` clause, so a stale lease changes nothing whatever the interleaving.
+    * Events are inserted at the end of each group transaction under a transaction-scoped
+      advisory lock, with ``seq`` continuing from the table's maximum. The lock is released only
+      after the commit is visible, so events become visible in ``seq`` order and a reader that
+      has seen ``seq`` N will never later find a smaller one: ``since=N`` resumes without a gap.
+    * The same transaction sends ``NOTIFY tqueues_events, '<last seq>'``. Every dispatcher
+      LISTENs and re-reads the events table from the last seq it published (NOTIFY carries only
+      the number; it is not durable, so a reconnecting listener catches up from its cursor, and a
+      slow poll backs it up). The writing dispatcher publishes its own events at once.
+    * While the database is unreachable every call raises StoreUnavailable (the dispatcher
+      answers 503 with Retry-After); connections are re-established on the next call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from typing import Any, Awaitable, Callable, Sequence
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+from .. import models
+from ..errors import ConfigurationError, Conflict, JobNotFound, LeaseConflict, StoreUnavailable, TQueuesError
+from .base import JOB_KEYS, Outcome, Store, conflict, ok
+
+try:  # imported lazily by open_store; the module itself needs the driver
+    import asyncpg
+except ImportError:  # pragma: no cover - reported when the store is opened
+    asyncpg = None  # type: ignore[assignment]
+
+log = logging.getLogger("tqueues.store.postgres")
+
+SCHEMA_VERSION = 1
+EVENT_LOCK = 0x7471_7565_7565_73   # advisory lock that orders event seqs ("tqueues")
+MIGRATE_LOCK = EVENT_LOCK + 1
+CHANNEL = "tqueues_events"
+MAX_GROUP = 512
+POLL_INTERVAL = 1.0    # the backstop of LISTEN/NOTIFY
+
+MIGRATIONS: list[str] = [
+    # version 1
+    """
+    CREATE TABLE IF NOT EXISTS tqueues_jobs (
+        seq BIGSERIAL PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        queue TEXT NOT NULL,
+        method TEXT NOT NULL,
+        args JSONB NOT NULL,
+        kwargs JSONB NOT NULL,
+        status TEXT NOT NULL,
+        priority INTEGER NOT NULL DEFAULT 0,
+        run_at DOUBLE PRECISION NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        max_attempts INTEGER NOT NULL,
+        timeout DOUBLE PRECISION,
+        backoff DOUBLE PRECISION NOT NULL,
+        lease TEXT,
+        lease_expires DOUBLE PRECISION,
+        worker TEXT,
+        data JSONB NOT NULL,
+        result JSONB,
+        error JSONB,
+        key TEXT UNIQUE,
+        created_at DOUBLE PRECISION NOT NULL,
+        started_at DOUBLE PRECISION,
+        finished_at DOUBLE PRECISION,
+        updated_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS tqueues_jobs_ready ON tqueues_jobs (queue, priority DESC, run_at, seq) WHERE status = 'pending';
+    CREATE INDEX IF NOT EXISTS tqueues_jobs_next ON tqueues_jobs (queue, run_at) WHERE status = 'pending';
+    CREATE INDEX IF NOT EXISTS tqueues_jobs_leases ON tqueues_jobs (lease_expires) WHERE status = 'started';
+    CREATE INDEX IF NOT EXISTS tqueues_jobs_queue_status ON tqueues_jobs (queue, status);
+    CREATE INDEX IF NOT EXISTS tqueues_jobs_finished ON tqueues_jobs (finished_at) WHERE finished_at IS NOT NULL;
+    CREATE TABLE IF NOT EXISTS tqueues_executions (
+        job_id TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        worker TEXT,
+        lease TEXT,
+        status TEXT NOT NULL,
+        started_at DOUBLE PRECISION,
+        finished_at DOUBLE PRECISION,
+        error JSONB,
+        PRIMARY KEY (job_id, attempt)
+    );
+    CREATE TABLE IF NOT EXISTS tqueues_events (
+        seq BIGINT PRIMARY KEY,
+        ts DOUBLE PRECISION NOT NULL,
+        kind TEXT NOT NULL,
+        queue TEXT,
+        job_id TEXT,
+        doc JSONB NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS tqueues_events_job ON tqueues_events (job_id, seq);
+    CREATE INDEX IF NOT EXISTS tqueues_events_ts ON tqueues_events (ts);
+    CREATE TABLE IF NOT EXISTS tqueues_queues (
+        name TEXT PRIMARY KEY,
+        paused BOOLEAN NOT NULL DEFAULT FALSE,
+        created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS tqueues_workers (
+        id TEXT PRIMARY KEY,
+        info JSONB NOT NULL,
+        registered_at DOUBLE PRECISION NOT NULL,
+        last_seen DOUBLE PRECISION NOT NULL
+    );
+    """,
+]
+
+COLS = ", ".join(JOB_KEYS)
+JCOLS = ", ".join(f"j.{k}" for k in JOB_KEYS)
+JSON_COLS = frozenset({"args", "kwargs", "data", "result", "error"})
+
+Event = tuple[str, str | None, str | None, dict[str, Any]]
+
+
+def _disconnected(exc: BaseException) -> bool:
+    """True for errors that mean the server is unreachable rather than the query wrong."""
+    if isinstance(exc, (OSError, asyncio.TimeoutError, ConnectionError)):
+        return True
+    if asyncpg is None:
+        return False
+    return isinstance(exc, (asyncpg.exceptions.PostgresConnectionError, asyncpg.exceptions.InterfaceError,
+                            asyncpg.exceptions.CannotConnectNowError, asyncpg.exceptions.AdminShutdownError,
+                            asyncpg.exceptions.CrashShutdownError, asyncpg.exceptions.ConnectionFailureError))
+
+
+def _unavailable(exc: BaseException) -> StoreUnavailable:
+    return StoreUnavailable(f"PostgreSQL is unreachable: {type(exc).__name__}: {exc}")
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs and errors."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def row_to_job(row: Any) -> dict[str, Any]:
+    return {k: row[k] for k in JOB_KEYS}
+
+
+async def _init_connection(conn: Any) -> None:
+    await conn.set_type_codec("jsonb", encoder=models.dumps_str, decoder=models.loads, schema="pg_catalog")
+
+
+class _Tx:
+    __slots__ = ("conn", "events")
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.events: list[Event] = []
+
+    def emit(self, kind: str, job: dict[str, Any]) -> None:
+        self.events.append((kind, job.get("queue"), job.get("id"), job))
+
+
+Op = Callable[[_Tx], Awaitable[Any]]
+
+
+class PostgresStore(Store):
+    """Jobs in PostgreSQL, shared by any number of dispatchers (see the module docstring)."""
+
+    scheme = "postgresql"
+    shared = True
+
+    def __init__(self, url: str, pool_size: int | None = None) -> None:
+        super().__init__(url)
+        parts = urlsplit(url)
+        query = dict(parse_qsl(parts.query))
+        size = query.pop("pool_size", None)
+        self.pool_size = pool_size or int(size or 10)
+        if self.pool_size < 2:
+            raise ConfigurationError("pool_size must be at least 2")
+        self.dsn = urlunsplit(parts._replace(scheme="postgresql", query="&".join(f"{k}={v}" for k, v in query.items())))
+        self._pool: Any = None
+        self._writer_conn: Any = None
+        self._ops: asyncio.Queue[tuple[Op, asyncio.Future[Any]] | None] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._cursor = 0                       # last seq published to subscribers
+        self._catch_up_needed = asyncio.Event()
+        self._listener: Any = None
+        self._connect_lock = asyncio.Lock()
+
+    # ------------------------------------------------------------------ plumbing
+
+    async def _open(self) -> None:
+        if asyncpg is None:
+            raise ConfigurationError("the PostgreSQL store needs asyncpg: pip install 'tqueues[postgres]'")
+        try:
+            await self._ensure_pool()
+            async with self._pool.acquire() as conn:
+                await migrate(conn)
+                self._cursor = await conn.fetchval("SELECT COALESCE(MAX(seq), 0) FROM tqueues_events")
+        except TQueuesError:
+            raise
+        except Exception as exc:
+            if _disconnected(exc) or isinstance(exc, asyncpg.PostgresError):
+                raise StoreUnavailable(f"cannot open PostgreSQL store {redact(self.dsn)}: {exc}") from None
+            raise
+        self._tasks = [asyncio.ensure_future(self._write_loop()), asyncio.ensure_future(self._listen_loop()),
+                       asyncio.ensure_future(self._catch_up_loop())]
+
+    async def _close(self) -> None:
+        await self._ops.put(None)
+        for task in self._tasks:
+            if task is not self._tasks[0]:
+                task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(task, 10)
+        self._tasks = []
+        for conn in (self._writer_conn, self._listener):
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(conn.close(), 5)
+        self._writer_conn = self._listener = None
+        if self._pool is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._pool.close(), 10)
+            self._pool = None
+
+    async def _ensure_pool(self) -> None:
+        async with self._connect_lock:
+            if self._pool is None:
+                self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=self.pool_size,
+                                                       init=_init_connection, command_timeout=60, timeout=5)
+
+    async def _connect(self) -> Any:
+        conn = await asyncpg.connect(self.dsn, timeout=5, command_timeout=60)
+        await _init_connection(conn)
+        return conn
+
+    async def _read(self, fn: Callable[[Any], Awaitable[Any]]) -> Any:
+        try:
+            await self._ensure_pool()
+            async with self._pool.acquire(timeout=10) as conn:
+                return await fn(conn)
+        except TQueuesError:
+            raise
+        except Exception as exc:
+            if _disconnected(exc):
+                raise _unavailable(exc) from None
+            raise
+
+    async def _write(self, fn: Op) -> Any:
+        if not self._tasks:
+            raise StoreUnavailable("the store is closed")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        await self._ops.put((fn, future))
+        return await future
+
+    async def _write_loop(self) -> None:
+        while True:
+            first = await self._ops.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < MAX_GROUP and not self._ops.empty():
+                item = self._ops.get_nowait()
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            await self._run_group(batch)
+            if stop:
+                return
+
+    async def _run_group(self, batch: list[tuple[Op, asyncio.Future[Any]]]) -> None:
+        results: list[tuple[asyncio.Future[Any], bool, Any]] = []
+        published: list[dict[str, Any]] = []
+        try:
+            if self._writer_conn is None or self._writer_conn.is_closed():
+                self._writer_conn = await self._connect()
+            conn = self._writer_conn
+            async with conn.transaction():
+                events: list[Event] = []
+                for fn, future in batch:
+                    tx = _Tx(conn)
+                    try:
+                        async with conn.transaction():   # a savepoint: one failure rolls back alone
+                            value = await fn(tx)
+                    except Exception as exc:
+                        if _disconnected(exc):
+                            raise
+                        results.append((future, False, exc))
+                    else:
+                        results.append((future, True, value))
+                        events.extend(tx.events)
+                if events:
+                    published = await self._insert_events(conn, events)
+        except Exception as exc:
+            if not _disconnected(exc) and not isinstance(exc, asyncpg.PostgresError):
+                log.exception("write transaction failed")
+            else:
+                log.warning("write transaction failed: %s", exc)
+            if self._writer_conn is not None and (_disconnected(exc) or self._writer_conn.is_closed()):
+                with contextlib.suppress(Exception):
+                    self._writer_conn.terminate()
+                self._writer_conn = None
+            error = _unavailable(exc) if _disconnected(exc) else StoreUnavailable(f"PostgreSQL write failed: {exc}")
+            results = [(future, False, error) for _, future in batch]
+            published = []
+        for future, success, value in results:
+            if not future.done():
+                if success:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+        if published:
+            self._publish_in_order(published)
+
+    async def _insert_events(self, conn: Any, events: list[Event]) -> list[dict[str, Any]]:
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", EVENT_LOCK)
+        last = await conn.fetchval("SELECT COALESCE(MAX(seq), 0) FROM tqueues_events")
+        ts = models.now()
+        rows, published = [], []
+        for offset, (kind, queue, job_id, doc) in enumerate(events, start=1):
+            rows.append((last + offset, ts, kind, queue, job_id, doc))
+            published.append({"seq": last + offset, "ts": ts, "kind": kind, "queue": queue, "job_id": job_id,
+                              "new_val": doc})
+        await conn.executemany(
+            "INSERT INTO tqueues_events (seq, ts, kind, queue, job_id, doc) VALUES ($1, $2, $3, $4, $5, $6)", rows)
+        await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, str(last + len(events)))
+        return published
+
+    # ------------------------------------------------------------------ live events
+
+    def _publish_in_order(self, events: list[dict[str, Any]]) -> None:
+        """Publish our own committed events unless another dispatcher's are missing before them."""
+        if events[0]["seq"] == self._cursor + 1:
+            self._cursor = events[-1]["seq"]
+            self._publish(events)
+        elif events[-1]["seq"] > self._cursor:
+            self._catch_up_needed.set()
+
+    def _on_notify(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        try:
+            seq = int(payload)
+        except ValueError:
+            seq = self._cursor + 1
+        if seq > self._cursor:
+            self._catch_up_needed.set()
+
+    async def _listen_loop(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                self._listener = await self._connect()
+                await self._listener.add_listener(CHANNEL, self._on_notify)
+                delay = 0.1
+                self._catch_up_needed.set()      # whatever was missed while not listening
+                while not self._listener.is_closed():
+                    await asyncio.sleep(POLL_INTERVAL)
+                    self._catch_up_needed.set()  # the slow poll that backs NOTIFY up
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("event listener: %s; reconnecting in %.1f s", exc, delay)
+            finally:
+                if self._listener is not None:
+                    with contextlib.suppress(Exception):
+                        self._listener.terminate()
+                    self._listener = None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def _catch_up_loop(self) -> None:
+        while True:
+            await self._catch_up_needed.wait()
+            self._catch_up_needed.clear()
+            try:
+                while True:
+                    events = await self._events_since(self._cursor, 1000, None, None)
+                    events = [e for e in events if e["seq"] > self._cursor]
+                    if not events:
+                        break
+                    self._cursor = events[-1]["seq"]
+                    self._publish(events)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("catching up on events failed: %s", exc)
+                await asyncio.sleep(0.2)
+
+    # ------------------------------------------------------------------ helpers
+
+    @staticmethod
+    async def _fetch(conn: Any, job_id: str, lock: bool = False) -> dict[str, Any] | None:
+        row = await conn.fetchrow(f"SELECT {COLS} FROM tqueues_jobs WHERE id = $1{' FOR UPDATE' if lock else ''}", job_id)
+        return row_to_job(row) if row else None
+
+    @classmethod
+    async def _require(cls, conn: Any, job_id: str, lock: bool = False) -> dict[str, Any]:
+        job = await cls._fetch(conn, job_id, lock)
+        if job is None:
+            raise JobNotFound(f"no job has id {job_id!r}", id=job_id)
+        return job
+
+    @staticmethod
+    async def _update(conn: Any, job_id: str, sets: str, *values: Any, where: str = "") -> dict[str, Any] | None:
+        """``UPDATE … SET sets WHERE id = $1 where RETURNING *``; ``values`` fill $2, $3, …"""
+        row = await conn.fetchrow(f"UPDATE tqueues_jobs SET {sets} WHERE id = $1 {where} RETURNING {COLS}", job_id, *values)
+        return row_to_job(row) if row else None
+
+    @staticmethod
+    async def _ensure_queues(conn: Any, names: set[str], now: float) -> None:
+        await conn.execute(
+            "INSERT INTO tqueues_queues (name, paused, created_at, updated_at)"
+            " SELECT unnest($1::text[]), FALSE, $2, $2 ON CONFLICT (name) DO NOTHING", sorted(names), now)
+
+    # ------------------------------------------------------------------ producers
+
+    async def _enqueue(self, jobs: list[models.NewJob], now: float) -> list[tuple[dict[str, Any], bool]]:
+        async def op(tx: _Tx) -> list[tuple[dict[str, Any], bool]]:
+            conn = tx.conn
+            out: list[tuple[dict[str, Any], bool] | None] = [None] * len(jobs)
+            keys = sorted({j.key for j in jobs if j.key is not None})
+            existing: dict[str, dict[str, Any]] = {}
+            if keys:
+                for row in await conn.fetch(f"SELECT {COLS} FROM tqueues_jobs WHERE key = ANY($1::text[])", keys):
+                    existing[row["key"]] = row_to_job(row)
+            rows = []
+            for index, spec in enumerate(jobs):
+                if spec.key is not None and spec.key in existing:
+                    out[index] = (existing[spec.key], False)
+                    continue
+                doc = {
+                    "id": models.new_id(), "queue": spec.queue, "method": spec.method,
+                    "args": spec.args, "kwargs": spec.kwargs, "status": models.PENDING,
+                    "priority": spec.priority, "run_at": spec.run_at if spec.run_at is not None else now,
+                    "attempts": 0, "max_attempts": spec.max_attempts, "timeout": spec.timeout,
+                    "backoff": spec.backoff, "lease": None, "lease_expires": None, "worker": None,
+                    "data": spec.data, "result": None, "error": None, "key": spec.key,
+                    "created_at": now, "started_at": None, "finished_at": None, "updated_at": now,
+                }
+                if spec.key is not None:
+                    existing[spec.key] = doc
+                rows.append(tuple(doc[k] for k in JOB_KEYS))
+                out[index] = (doc, True)
+                tx.emit(models.EV_CREATED, doc)
+            await self._ensure_queues(conn, {spec.queue for spec in jobs}, now)
+            if rows:
+                marks = ", ".join(f"${i}" for i in range(1, len(JOB_KEYS) + 1))
+                # A key taken by a concurrent dispatcher since the check fails this operation alone.
+                await conn.executemany(f"INSERT INTO tqueues_jobs ({COLS}) VALUES ({marks})", rows)
+            return out  # type: ignore[return-value]
+
+        try:
+            return await self._write(op)
+        except asyncpg.UniqueViolationError:
+            # Another dispatcher inserted one of the keys meanwhile: now they exist, answer them.
+            return await self._write(op)
+
+    async def _get(self, job_id: str) -> dict[str, Any]:
+        return await self._read(lambda conn: self._require(conn, job_id))
+
+    async def _list_jobs(self, queue: str | None, status: str | None, method: str | None,
+                         limit: int, before: str | None) -> list[dict[str, Any]]:
+        async def read(conn: Any) -> list[dict[str, Any]]:
+            where, params = [], []
+            for column, value in (("queue", queue), ("status", status), ("method", method)):
+                if value is not None:
+                    params.append(value)
+                    where.append(f"{column} = ${len(params)}")
+            if before is not None:
+                seq = await conn.fetchval("SELECT seq FROM tqueues_jobs WHERE id = $1", before)
+                if seq is None:
+                    raise JobNotFound(f"before: no job has id {before!r}", id=before)
+                params.append(seq)
+                where.append(f"seq < ${len(params)}")
+            clause = f"WHERE {' AND '.join(where)}" if where else ""
+            params.append(limit)
+            rows = await conn.fetch(f"SELECT {COLS} FROM tqueues_jobs {clause} ORDER BY seq DESC LIMIT ${len(params)}", *params)
+            return [row_to_job(r) for r in rows]
+
+        return await self._read(read)
+
+    async def _executions(self, job_id: str) -> list[dict[str, Any]]:
+        async def read(conn: Any) -> list[dict[str, Any]]:
+            await self._require(conn, job_id)
+            rows = await conn.fetch("SELECT job_id, attempt, worker, status, started_at, finished_at, error"
+                                    " FROM tqueues_executions WHERE job_id = $1 ORDER BY attempt", job_id)
+            return [dict(r) for r in rows]
+
+        return await self._read(read)
+
+    async def _update_data(self, job_id: str, data: dict[str, Any], lease: str | None, now: float) -> dict[str, Any]:
+        async def op(tx: _Tx) -> dict[str, Any]:
+            job = await self._require(tx.conn, job_id, lock=True)
+            if lease is not None and (job["lease"] != lease or job["status"] != models.STARTED):
+                raise LeaseConflict(id=job_id)
+            job = await self._update(tx.conn, job_id, "data = data || $2::jsonb, updated_at = $3", data, now)
+            assert job is not None
+            tx.emit(models.EV_UPDATED, job)
+            return job
+
+        return await self._write(op)
+
+    async def _abort(self, job_id: str, now: float) -> dict[str, Any]:
+        async def op(tx: _Tx) -> dict[str, Any]:
+            job = await self._require(tx.conn, job_id, lock=True)
+            if job["status"] in models.TERMINAL:
+                raise Conflict(f"job {job_id} already ended {job['status']}", id=job_id, status=job["status"])
+            error = models.error_doc("JobAborted", "the job was aborted")
+            if job["status"] == models.STARTED:
+                await tx.conn.execute("UPDATE tqueues_executions SET status = 'aborted', finished_at = $3, error = $4"
+                                      " WHERE job_id = $1 AND attempt = $2", job_id, job["attempts"], now, error)
+            job = await self._update(tx.conn, job_id, "status = 'aborted', lease = NULL, lease_expires = NULL,"
+                                     " error = $2, finished_at = $3, updated_at = $3", error, now)
+            assert job is not None
+            tx.emit(models.EV_ABORTED, job)
+            return job
+
+        return await self._write(op)
+
+    # ------------------------------------------------------------------ workers
+
+    async def _claim(self, queues: list[str], worker: str, limit: int, lease_seconds: float,
+                     now: float) -> list[dict[str, Any]]:
+        async def op(tx: _Tx) -> list[dict[str, Any]]:
+            conn = tx.conn
+            lease = secrets.token_hex(16)
+            rows = await conn.fetch(
+                f"UPDATE tqueues_jobs j SET status = 'started', attempts = j.attempts + 1, lease = $1,"
+                f" lease_expires = $2, worker = $3, started_at = $4, updated_at = $4"
+                f" FROM (SELECT seq FROM tqueues_jobs WHERE status = 'pending' AND queue = ANY($5::text[])"
+                f"       AND run_at <= $4"
+                f"       AND queue NOT IN (SELECT name FROM tqueues_queues WHERE paused)"
+                f"       ORDER BY priority DESC, run_at, seq LIMIT $6 FOR UPDATE SKIP LOCKED) c"
+                f" WHERE j.seq = c.seq RETURNING {JCOLS}",
+                lease, now + lease_seconds, worker, now, queues, limit)
+            jobs = [row_to_job(r) for r in rows]
+            if not jobs:
+                return []
+            jobs.sort(key=lambda j: (-j["priority"], j["run_at"], j["created_at"]))
+            await conn.executemany(
+                "INSERT INTO tqueues_executions (job_id, attempt, worker, lease, status, started_at)"
+                " VALUES ($1, $2, $3, $4, 'started', $5) ON CONFLICT (job_id, attempt) DO UPDATE"
+                " SET worker = excluded.worker, lease = excluded.lease, status = 'started',"
+                " started_at = excluded.started_at, finished_at = NULL, error = NULL",
+                [(j["id"], j["attempts"], worker, lease, now) for j in jobs])
+            for job in jobs:
+                tx.emit(models.EV_STARTED, job)
+            return jobs
+
+        return await self._write(op)
+
+    async def _heartbeat(self, leases: list[tuple[str, str]], lease_seconds: float,
+                         worker: str | None, now: float) -> list[dict[str, Any]]:
+        async def op(tx: _Tx) -> list[dict[str, Any]]:
+            expires = now + lease_seconds
+            alive: set[tuple[str, str]] = set()
+            if leases:
+                rows = await tx.conn.fetch(
+                    "UPDATE tqueues_jobs j SET lease_expires = $1 FROM unnest($2::text[], $3::text[]) AS l(id, lease)"
+                    " WHERE j.id = l.id AND j.lease = l.lease AND j.status = 'started' RETURNING j.id, j.lease",
+                    expires, [i for i, _ in leases], [l for _, l in leases])
+                alive = {(r["id"], r["lease"]) for r in rows}
+            if worker is not None:
+                await tx.conn.execute("UPDATE tqueues_workers SET last_seen = $1 WHERE id = $2", now, worker)
+            return [{"id": job_id, "ok": True, "lease_expires": expires} if (job_id, lease) in alive
+                    else conflict(job_id, LeaseConflict.code, LeaseConflict.__doc__ or "")
+                    for job_id, lease in leases]
+
+        return await self._write(op)
+
+    async def _complete(self, outcomes: list[Outcome], now: float) -> list[dict[str, Any]]:
+        async def op(tx: _Tx) -> list[dict[str, Any]]:
+            return [await self._complete_one(tx, outcome, now) for outcome in outcomes]
+
+        return await self._write(op)
+
+    async def _complete_one(self, tx: _Tx, outcome: Outcome, now: float) -> dict[str, Any]:
+        conn = tx.conn
+        job = await self._fetch(conn, outcome.id, lock=True)
+        if job is None:
+            return conflict(outcome.id, JobNotFound.code, f"no job has id {outcome.id!r}")
+        if outcome.lease is None:   # TQueues DELETE /: unfenced
+            if job["status"] in models.TERMINAL:
+                return ok(job)
+        elif job["status"] != models.STARTED or job["lease"] != outcome.lease:
+            return conflict(outcome.id, LeaseConflict.code, LeaseConflict.__doc__ or "")
+        attempt = job["attempts"]
+        if outcome.status == models.FINISHED:
+            new = await self._update(conn, outcome.id, "status = 'finished', result = $2, lease = NULL,"
+                                     " lease_expires = NULL, finished_at = $3, updated_at = $3",
+                                     models.to_jsonable(outcome.result), now)
+            await conn.execute("UPDATE tqueues_executions SET status = 'finished', finished_at = $3"
+                               " WHERE job_id = $1 AND attempt = $2", outcome.id, attempt, now)
+            kind = models.EV_FINISHED
+        else:
+            error = outcome.error or models.error_doc("Error", "the job failed")
+            await conn.execute("UPDATE tqueues_executions SET status = 'failed', finished_at = $3, error = $4"
+                               " WHERE job_id = $1 AND attempt = $2", outcome.id, attempt, now, error)
+            run_at = self.retry_at(job, outcome.retry, now)
+            if run_at is None:
+                new = await self._update(conn, outcome.id, "status = 'failed', error = $2, lease = NULL,"
+                                         " lease_expires = NULL, finished_at = $3, updated_at = $3", error, now)
+                kind = models.EV_FAILED
+            else:
+                new = await self._update(conn, outcome.id, "status = 'pending', error = $2, run_at = $3, lease = NULL,"
+                                         " lease_expires = NULL, worker = NULL, updated_at = $4", error, run_at, now)
+                kind = models.EV_RETRYING
+        assert new is not None
+        tx.emit(kind, new)
+        return ok(new)
+
+    async def _release(self, leases: list[tuple[str, str]], now: float) -> list[dict[str, Any]]:
+        async def op(tx: _Tx) -> list[dict[str, Any]]:
+            out = []
+            for job_id, lease in leases:
+                new = await self._update(tx.conn, job_id, "status = 'pending', attempts = attempts - 1, lease = NULL,"
+                                         " lease_expires = NULL, worker = NULL, started_at = NULL, updated_at = $3",
+                                         lease, now, where="AND lease = $2 AND status = 'started'")
+                if new is None:
+                    out.append(conflict(job_id, LeaseConflict.code, LeaseConflict.__doc__ or ""))
+                    continue
+                await tx.conn.execute("DELETE FROM tqueues_executions WHERE job_id = $1 AND attempt = $2",
+                                      job_id, new["attempts"] + 1)
+                tx.emit(models.EV_RELEASED, new)
+                out.append(ok(new))
+            return out
+
+        return await self._write(op)
+
+    async def _requeue_expired(self, now: float) -> int:
+        async def op(tx: _Tx) -> int:
+            conn = tx.conn
+            # SKIP LOCKED: another dispatcher requeueing concurrently takes other rows; the lease
+            # in every UPDATE below fences against a worker completing meanwhile.
+            rows = await conn.fetch(f"SELECT {COLS} FROM tqueues_jobs WHERE status = 'started' AND lease_expires < $1"
+                                    " ORDER BY lease_expires LIMIT 1000 FOR UPDATE SKIP LOCKED", now)
+            changed = 0
+            for row in rows:
+                job = row_to_job(row)
+                error = models.error_doc("WorkerLost", f"the lease of worker {job['worker']} expired before the job ended")
+                if job["attempts"] >= job["max_attempts"]:
+                    new = await self._update(conn, job["id"], "status = 'failed', error = $3, lease = NULL,"
+                                             " lease_expires = NULL, finished_at = $4, updated_at = $4",
+                                             job["lease"], error, now, where="AND lease = $2")
+                    kind = models.EV_FAILED
+                else:
+                    new = await self._update(conn, job["id"], "status = 'pending', error = $3, run_at = $4, lease = NULL,"
+                                             " lease_expires = NULL, worker = NULL, updated_at = $4",
+                                             job["lease"], error, now, where="AND lease = $2")
+                    kind = models.EV_REQUEUED
+                if new is not None:
+                    await conn.execute("UPDATE tqueues_executions SET status = 'lost', finished_at = $3, error = $4"
+                                       " WHERE job_id = $1 AND attempt = $2", job["id"], job["attempts"], now, error)
+                    tx.emit(kind, new)
+                    changed += 1
+            return changed
+
+        return await self._write(op)
+
+    async def _next_run_at(self, queues: list[str]) -> float | None:
+        async def read(conn: Any) -> float | None:
+            return await conn.fetchval(
+                "SELECT MIN(m) FROM (SELECT (SELECT MIN(run_at) FROM tqueues_jobs WHERE status = 'pending' AND queue = q) AS m"
+                " FROM unnest($1::text[]) AS q) s", queues)
+
+        return await self._read(read)
+
+    async def _register_worker(self, info: dict[str, Any], now: float) -> dict[str, Any]:
+        async def op(tx: _Tx) -> dict[str, Any]:
+            await tx.conn.execute(
+                "INSERT INTO tqueues_workers (id, info, registered_at, last_seen) VALUES ($1, $2, $3, $3)"
+                " ON CONFLICT (id) DO UPDATE SET info = excluded.info, last_seen = excluded.last_seen",
+                info["id"], info, now)
+            doc = {**info, "registered_at": now, "last_seen": now}
+            tx.events.append((models.EV_WORKER, None, None, doc))
+            return doc
+
+        return await self._write(op)
+
+    async def _workers(self) -> list[dict[str, Any]]:
+        async def read(conn: Any) -> list[dict[str, Any]]:
+            rows = await conn.fetch("SELECT info, registered_at, last_seen FROM tqueues_workers ORDER BY last_seen DESC")
+            return [{**r["info"], "registered_at": r["registered_at"], "last_seen": r["last_seen"]} for r in rows]
+
+        return await self._read(read)
+
+    # ------------------------------------------------------------------ queues
+
+    async def _queues(self) -> list[dict[str, Any]]:
+        async def read(conn: Any) -> list[dict[str, Any]]:
+            out: dict[str, dict[str, Any]] = {}
+            for row in await conn.fetch("SELECT name, paused FROM tqueues_queues ORDER BY name"):
+                out[row["name"]] = {"name": row["name"], "paused": row["paused"], "counts": dict.fromkeys(models.STATUSES, 0)}
+            for row in await conn.fetch("SELECT queue, status, COUNT(*) AS n FROM tqueues_jobs GROUP BY queue, status"):
+                entry = out.setdefault(row["queue"], {"name": row["queue"], "paused": False,
+                                                      "counts": dict.fromkeys(models.STATUSES, 0)})
+                entry["counts"][row["status"]] = row["n"]
+            return [out[name] for name in sorted(out)]
+
+        return await self._read(read)
+
+    async def _set_queue(self, name: str, paused: bool | None, now: float) -> dict[str, Any]:
+        async def op(tx: _Tx) -> dict[str, Any]:
+            await self._ensure_queues(tx.conn, {name}, now)
+            if paused is not None:
+                await tx.conn.execute("UPDATE tqueues_queues SET paused = $1, updated_at = $2 WHERE name = $3", paused, now, name)
+            value = await tx.conn.fetchval("SELECT paused FROM tqueues_queues WHERE name = $1", name)
+            doc = {"name": name, "paused": bool(value)}
+            tx.events.append((models.EV_QUEUE, name, None, doc))
+            return doc
+
+        return await self._write(op)
+
+    # ------------------------------------------------------------------ events
+
+    async def _events_since(self, seq: int, limit: int, queue: str | None, job_id: str | None) -> list[dict[str, Any]]:
+        async def read(conn: Any) -> list[dict[str, Any]]:
+            where, params = ["seq > $1"], [seq]
+            for column, value in (("queue", queue), ("job_id", job_id)):
+                if value is not None:
+                    params.append(value)
+                    where.append(f"{column} = ${len(params)}")
+            params.append(limit)
+            rows = await conn.fetch(f"SELECT seq, ts, kind, queue, job_id, doc FROM tqueues_events"
+                                    f" WHERE {' AND '.join(where)} ORDER BY seq LIMIT ${len(params)}", *params)
+            return [{"seq": r["seq"], "ts": r["ts"], "kind": r["kind"], "queue": r["queue"], "job_id": r["job_id"],
+                     "new_val": r["doc"]} for r in rows]
+
+        return await self._read(read)
+
+    async def _last_seq(self) -> int:
+        return await self._read(lambda conn: conn.fetchval("SELECT COALESCE(MAX(seq), 0) FROM tqueues_events"))
+
+    async def _prune(self, cutoff: float) -> int:
+        async def op(tx: _Tx) -> int:
+            conn = tx.conn
+            await conn.execute("DELETE FROM tqueues_executions WHERE job_id IN (SELECT id FROM tqueues_jobs"
+                               " WHERE finished_at < $1 AND status IN ('finished', 'failed', 'aborted'))", cutoff)
+            result = await conn.execute("DELETE FROM tqueues_jobs WHERE finished_at < $1"
+                                        " AND status IN ('finished', 'failed', 'aborted')", cutoff)
+            await conn.execute("DELETE FROM tqueues_events WHERE ts < $1 AND seq < (SELECT MAX(seq) FROM tqueues_events)", cutoff)
+            return int(result.split()[-1])
+
+        return await self._write(op)
+
+
+async def migrate(conn: Any) -> int:
+    """Create or upgrade the schema (idempotent, safe with several dispatchers starting at once).
+
+    Returns the schema version now in force.
+    """
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATE_LOCK)
+        await conn.execute("CREATE TABLE IF NOT EXISTS tqueues_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        current = int(await conn.fetchval("SELECT value FROM tqueues_meta WHERE key = 'schema_version'") or 0)
+        if current > SCHEMA_VERSION:
+            raise ConfigurationError(f"the database has tqueues schema version {current}, newer than this tqueues ({SCHEMA_VERSION})")
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            await conn.execute(MIGRATIONS[version - 1])
+            await conn.execute("INSERT INTO tqueues_meta (key, value) VALUES ('schema_version', $1)"
+                               " ON CONFLICT (key) DO UPDATE SET value = excluded.value", str(version))
+        return SCHEMA_VERSION
+
+
+async def init_db(url: str) -> int:
+    """Create or migrate the schema of the database at ``url``; the version in force."""
+    if asyncpg is None:
+        raise ConfigurationError("the PostgreSQL store needs asyncpg: pip install asyncpg")
+    store = PostgresStore(url)
+    try:
+        conn = await asyncpg.connect(store.dsn, timeout=5)
+    except Exception as exc:
+        if _disconnected(exc) or isinstance(exc, asyncpg.PostgresError):
+            raise StoreUnavailable(f"cannot connect to {redact(store.dsn)}: {exc}") from None
+        raise
+    try:
+        return await migrate(conn)
+    finally:
+        await conn.close()
+
+
+__all__ = ["PostgresStore", "init_db", "migrate", "redact", "Sequence"]
