@@ -76,6 +76,16 @@ def db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iter
 
 
 @pytest.fixture
+def pg_url(pg_cluster: pg.Cluster, pg_template: str) -> Iterator[str]:
+    """A fresh PostgreSQL database for a test that needs PostgreSQL whatever the backend."""
+    url = run_sync(pg.fresh_database(pg_cluster, pg_template))
+    try:
+        yield url
+    finally:
+        run_sync(pg.drop_database(pg_cluster, url))
+
+
+@pytest.fixture
 async def store(db_url: str) -> AsyncIterator[Store]:
     s = open_store(db_url)
     await s.open()

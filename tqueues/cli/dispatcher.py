@@ -6,8 +6,8 @@ Usage:
   tqueues_dispatcher --version
 
 Options:
-  --db URL                   Store: sqlite:///PATH (default: ./tqueues.db); a name without a scheme
-                             is a RethinkDB database (TQueues) [default: sqlite:///./tqueues.db]
+  --db URL                   Store: sqlite:///PATH or postgresql://USER@HOST/DB; a name without a
+                             scheme is a RethinkDB database (TQueues) [default: sqlite:///./tqueues.db]
   --bind HOST:PORT           Address to listen on [default: 127.0.0.1:8000]
   --host HOST                RethinkDB host (TQueues; only with a RethinkDB --db)
   --port PORT                RethinkDB port (TQueues; only with a RethinkDB --db)
@@ -15,6 +15,7 @@ Options:
   --password PASSWORD        RethinkDB password (TQueues; only with a RethinkDB --db)
   --allowed_domains DOMAINS  Comma-separated origins allowed for CORS and websockets, e.g. 'foo.com,bar.com'
   --lease SECONDS            How long a claim lasts without a heartbeat [default: 30]
+  --pool-size N              Database connections (PostgreSQL) [default: 10]
   --max-wait SECONDS         Longest long-poll a client may ask for [default: 60]
   --max-body BYTES           Largest request body accepted [default: 16777216]
   --access-log               Log every request
@@ -25,6 +26,7 @@ Options:
 Examples:
   tqueues_dispatcher --db sqlite:///./tqueues.db --bind 127.0.0.1:8000
   tqueues_dispatcher --db sqlite:////var/lib/tqueues/jobs.db --lease 60 --loglevel WARNING
+  tqueues_dispatcher --db postgresql://tqueues@db.internal/tqueues --bind 127.0.0.1:8001 --pool-size 20
 """
 
 from __future__ import annotations
@@ -78,8 +80,8 @@ def settings_from(args: dict[str, Any]) -> Settings:
                     open_store=False)
 
 
-async def serve(url: str, settings: Settings, host: str, port: int, access_log: bool) -> None:
-    store = open_store(url)
+async def serve(url: str, settings: Settings, host: str, port: int, access_log: bool, pool_size: int) -> None:
+    store = open_store(url, pool_size=pool_size)
     await store.open()
     runner = web.AppRunner(create_app(store, settings), access_log=log if access_log else None, handle_signals=False)
     try:
@@ -110,7 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         host, port = bind_address(args["--bind"])
         settings = settings_from(args)
         setup_logging(level)
-        asyncio.run(serve(url, settings, host, port, args["--access-log"]))
+        pool_size = number(args, "--pool-size", minimum=2, integer=True)
+        asyncio.run(serve(url, settings, host, port, args["--access-log"], pool_size))
         return 0
 
     return run(PROG, go)

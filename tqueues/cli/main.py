@@ -2,6 +2,7 @@
 
 Usage:
   tqueues demo [--db URL]
+  tqueues init-db URL
   tqueues enqueue METHOD [ARG...] [--queue QUEUE] [--kwargs JSON] [--priority N] [--delay SECONDS]
                   [--max-attempts N] [--timeout SECONDS] [--key KEY] [--wait] [--json] [--endpoint_url URL]
   tqueues show JOB_ID [--json] [--endpoint_url URL]
@@ -138,6 +139,20 @@ async def workers(client: Client, args: dict[str, Any]) -> int:
     return 0
 
 
+def init_db(url: str) -> int:
+    """Create or migrate the schema of a store (idempotent)."""
+    from ..store import open_store, redact
+
+    async def go() -> None:
+        store = open_store(url)
+        await store.open()
+        await store.close()
+
+    asyncio.run(go())
+    print(f"schema ready in {redact(url)}")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[Client, dict[str, Any]], Awaitable[int]]] = {
     "enqueue": enqueue, "show": show, "jobs": jobs, "queues": queues, "workers": workers,
 }
@@ -150,6 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args["demo"]:
             from .demo import run_demo
             return run_demo(args["--db"])
+        if args["init-db"]:
+            return init_db(args["URL"])
         url = args["--endpoint_url"] or os.environ.get("TQUEUES_URL") or "http://127.0.0.1:8000/"
         command = next(name for name in COMMANDS if args[name])
 

@@ -3,29 +3,29 @@
 from __future__ import annotations
 
 from ..errors import BackendNotAvailable, ConfigurationError
-from .base import Outcome, Store, Subscription
+from .base import Outcome, Store, Subscription, redact
 
-__all__ = ["Outcome", "Store", "Subscription", "open_store", "DEFAULT_URL"]
+__all__ = ["Outcome", "Store", "Subscription", "open_store", "redact", "DEFAULT_URL"]
 
 DEFAULT_URL = "sqlite:///./tqueues.db"
 
 
-def _sqlite(url: str) -> Store:
+def _sqlite(url: str, pool_size: int | None = None) -> Store:
     from .sqlite import SQLiteStore
 
     return SQLiteStore(url)
 
 
-def _postgres(url: str) -> Store:
+def _postgres(url: str, pool_size: int | None = None) -> Store:
     try:
         from .postgres import PostgresStore
     except ImportError as exc:  # pragma: no cover - asyncpg is a dependency
         raise BackendNotAvailable(f"the PostgreSQL store needs asyncpg ({exc})") from None
-    return PostgresStore(url)
+    return PostgresStore(url, pool_size=pool_size)
 
 
 def _unavailable(name: str):
-    def make(url: str) -> Store:
+    def make(url: str, pool_size: int | None = None) -> Store:
         raise BackendNotAvailable(f"the {name} store is not available in this version of tqueues yet; use sqlite:///PATH")
     return make
 
@@ -38,10 +38,11 @@ BACKENDS = {
 }
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, *, pool_size: int | None = None) -> Store:
     """A store for ``url``, chosen by its scheme; its driver is imported only now.
 
-    The store is not connected yet: ``await store.open()`` (or ``async with``).
+    ``pool_size`` bounds the connections of a server backend (ignored by SQLite). The store is
+    not connected yet: ``await store.open()`` (or ``async with``).
     """
     scheme, sep, _ = url.partition("://")
     if not sep:
@@ -50,4 +51,4 @@ def open_store(url: str) -> Store:
         factory = BACKENDS[scheme.lower()]
     except KeyError:
         raise ConfigurationError(f"unknown store scheme {scheme!r}; known: {', '.join(sorted(BACKENDS))}") from None
-    return factory(url)
+    return factory(url, pool_size=pool_size)

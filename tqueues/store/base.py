@@ -18,8 +18,10 @@ Fencing
     conflict for that item.
 
 Events
-    Every state change appends an event ``{"seq", "ts", "kind", "queue", "job_id",
-    "new_val"}`` with a strictly increasing ``seq``. After the transaction commits, the store
+    Every change of a job's status, data or outcome, of a queue's settings and of a worker's
+    registration appends an event ``{"seq", "ts", "kind", "queue", "job_id", "new_val"}``
+    with a strictly increasing ``seq`` (lease extensions by heartbeat and pruning do not);
+    ``last_seq()`` never decreases, pruning included. After the transaction commits, the store
     publishes the events to its in-process subscribers (:meth:`Store.subscribe`); a subscriber
     that falls behind is told so and re-reads with :meth:`Store.events_since`.
 """
@@ -200,7 +202,9 @@ class Store(abc.ABC):
         Ready means ``pending`` with ``run_at <= now``; order is priority (high first), then
         ``run_at``, then enqueue order. Each claimed job becomes ``started``, its ``attempts``
         grows by one, an execution row opens, and it carries a fresh ``lease`` token valid
-        until ``lease_expires``. No job is ever leased twice at once. Emits ``job.started``.
+        until ``lease_expires``. No job is ever leased twice at once. The jobs are returned in
+        that claim order; all jobs of one claim may share one lease token (fencing is per job).
+        Emits ``job.started``.
         """
         if not queues:
             raise InvalidRequest("queue: at least one queue is required", field="queue")
@@ -216,12 +220,15 @@ class Store(abc.ABC):
 
         Returns one item per lease: ``{"id", "ok": True, ...}`` or a ``stale_lease`` conflict.
         """
+        if not 0 < lease_seconds <= MAX_LEASE:
+            raise InvalidRequest(f"lease: must be between 0 and {MAX_LEASE} seconds", field="lease")
         return await self._heartbeat(list(leases), lease_seconds, worker, models.now())
 
     async def complete(self, outcomes: Sequence[Outcome]) -> list[dict[str, Any]]:
         """Record how attempts ended, each fenced by its lease; one transaction for all.
 
-        Finished: ``status=finished``, ``result`` stored. Failed: the error is stored on the
+        Finished: ``status=finished``, ``result`` stored, ``error`` of earlier attempts cleared
+        (their executions keep it). Failed: the error is stored on the
         job and its execution; the job is retried (``pending``, ``run_at`` = now + backoff,
         ``job.retrying``) while ``retry`` and attempts remain, else ends ``failed``. Returns one
         item per outcome: ok with the new job, or a conflict (``stale_lease``,
@@ -243,11 +250,13 @@ class Store(abc.ABC):
         return await self._requeue_expired(models.now())
 
     async def next_run_at(self, queues: Sequence[str]) -> float | None:
-        """The earliest ``run_at`` of a pending job in ``queues`` (None when there is none)."""
+        """The earliest ``run_at`` of a pending job in ``queues``, paused or not (None when none)."""
         return await self._next_run_at(list(queues))
 
     async def register_worker(self, info: dict[str, Any]) -> dict[str, Any]:
         """Insert or update a worker (``id`` required) and mark it seen now."""
+        if not isinstance(info.get("id"), str) or not info["id"]:
+            raise InvalidRequest("id: a worker needs a non-empty string id", field="id")
         return await self._register_worker(info, models.now())
 
     async def workers(self) -> list[dict[str, Any]]:
@@ -269,7 +278,9 @@ class Store(abc.ABC):
 
     async def events_since(self, seq: int, limit: int = 1000, *, queue: str | None = None,
                            job_id: str | None = None) -> list[dict[str, Any]]:
-        """Events with ``seq`` greater than the one given, oldest first, at most ``limit``."""
+        """Events with ``seq`` greater than the one given, oldest first, at most ``limit`` (1-10,000)."""
+        if not 1 <= limit <= 10_000:
+            raise InvalidRequest("limit: must be between 1 and 10000", field="limit")
         return await self._events_since(seq, limit, queue, job_id)
 
     async def last_seq(self) -> int:
@@ -375,3 +386,13 @@ class Store(abc.ABC):
 
 def unique(items: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(items))
+
+
+def redact(url: str) -> str:
+    """``url`` without its password, for logs and error messages."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
+    return url

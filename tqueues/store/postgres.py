@@ -31,7 +31,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from .. import models
 from ..errors import ConfigurationError, Conflict, JobNotFound, LeaseConflict, StoreUnavailable, TQueuesError
-from .base import JOB_KEYS, Outcome, Store, conflict, ok
+from .base import JOB_KEYS, Outcome, Store, conflict, ok, redact
 
 try:  # imported lazily by open_store; the module itself needs the driver
     import asyncpg
@@ -137,15 +137,6 @@ def _disconnected(exc: BaseException) -> bool:
 
 def _unavailable(exc: BaseException) -> StoreUnavailable:
     return StoreUnavailable(f"PostgreSQL is unreachable: {type(exc).__name__}: {exc}")
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for logs and errors."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
 
 
 def row_to_job(row: Any) -> dict[str, Any]:
@@ -541,12 +532,12 @@ class PostgresStore(Store):
                 f"       AND run_at <= $4"
                 f"       AND queue NOT IN (SELECT name FROM tqueues_queues WHERE paused)"
                 f"       ORDER BY priority DESC, run_at, seq LIMIT $6 FOR UPDATE SKIP LOCKED) c"
-                f" WHERE j.seq = c.seq RETURNING {JCOLS}",
+                f" WHERE j.seq = c.seq RETURNING j.seq AS _order, {JCOLS}",
                 lease, now + lease_seconds, worker, now, queues, limit)
+            rows = sorted(rows, key=lambda r: (-r["priority"], r["run_at"], r["_order"]))
             jobs = [row_to_job(r) for r in rows]
             if not jobs:
                 return []
-            jobs.sort(key=lambda j: (-j["priority"], j["run_at"], j["created_at"]))
             await conn.executemany(
                 "INSERT INTO tqueues_executions (job_id, attempt, worker, lease, status, started_at)"
                 " VALUES ($1, $2, $3, $4, 'started', $5) ON CONFLICT (job_id, attempt) DO UPDATE"
@@ -596,7 +587,7 @@ class PostgresStore(Store):
             return conflict(outcome.id, LeaseConflict.code, LeaseConflict.__doc__ or "")
         attempt = job["attempts"]
         if outcome.status == models.FINISHED:
-            new = await self._update(conn, outcome.id, "status = 'finished', result = $2, lease = NULL,"
+            new = await self._update(conn, outcome.id, "status = 'finished', result = $2, error = NULL, lease = NULL,"
                                      " lease_expires = NULL, finished_at = $3, updated_at = $3",
                                      models.to_jsonable(outcome.result), now)
             await conn.execute("UPDATE tqueues_executions SET status = 'finished', finished_at = $3"
@@ -677,11 +668,12 @@ class PostgresStore(Store):
 
     async def _register_worker(self, info: dict[str, Any], now: float) -> dict[str, Any]:
         async def op(tx: _Tx) -> dict[str, Any]:
-            await tx.conn.execute(
+            # A worker registering again keeps its first registered_at: answer with the stored one.
+            registered_at = await tx.conn.fetchval(
                 "INSERT INTO tqueues_workers (id, info, registered_at, last_seen) VALUES ($1, $2, $3, $3)"
-                " ON CONFLICT (id) DO UPDATE SET info = excluded.info, last_seen = excluded.last_seen",
-                info["id"], info, now)
-            doc = {**info, "registered_at": now, "last_seen": now}
+                " ON CONFLICT (id) DO UPDATE SET info = excluded.info, last_seen = excluded.last_seen"
+                " RETURNING registered_at", info["id"], info, now)
+            doc = {**info, "registered_at": registered_at, "last_seen": now}
             tx.events.append((models.EV_WORKER, None, None, doc))
             return doc
 
@@ -789,4 +781,4 @@ async def init_db(url: str) -> int:
         await conn.close()
 
 
-__all__ = ["PostgresStore", "init_db", "migrate", "redact", "Sequence"]
+__all__ = ["PostgresStore", "init_db", "migrate", "Sequence"]

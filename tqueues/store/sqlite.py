@@ -481,10 +481,12 @@ class SQLiteStore(Store):
                 f"UPDATE jobs SET status = 'started', attempts = attempts + 1, lease = ?, lease_expires = ?,"
                 f" worker = ?, started_at = ?, updated_at = ?"
                 f" WHERE seq IN (SELECT seq FROM jobs WHERE status = 'pending' AND queue IN ({marks}) AND run_at <= ?"
-                f" ORDER BY priority DESC, run_at, seq LIMIT ?) RETURNING {COLS}",
+                f" ORDER BY priority DESC, run_at, seq LIMIT ?) RETURNING {COLS}, seq",
                 (lease, now + lease_seconds, worker, now, now, *active, now, limit)).fetchall()
-            jobs = [row_to_job(r) for r in rows]
-            jobs.sort(key=lambda j: (-j["priority"], j["run_at"], j["created_at"]))
+            # RETURNING order is arbitrary: hand the jobs out in claim order.
+            prio, run_at = JOB_KEYS.index("priority"), JOB_KEYS.index("run_at")
+            rows.sort(key=lambda r: (-r[prio], r[run_at], r[-1]))
+            jobs = [row_to_job(r[:-1]) for r in rows]
             conn.executemany(
                 "INSERT OR REPLACE INTO executions (job_id, attempt, worker, lease, status, started_at) VALUES (?, ?, ?, ?, 'started', ?)",
                 [(j["id"], j["attempts"], worker, lease, now) for j in jobs])
@@ -531,7 +533,7 @@ class SQLiteStore(Store):
         attempt = job["attempts"]
         if outcome.status == models.FINISHED:
             new = self._update_job(conn, outcome.id, "", (),
-                                   "status = 'finished', result = ?, lease = NULL, lease_expires = NULL, finished_at = ?, updated_at = ?",
+                                   "status = 'finished', result = ?, error = NULL, lease = NULL, lease_expires = NULL, finished_at = ?, updated_at = ?",
                                    (models.dumps_str(models.to_jsonable(outcome.result)), now, now))
             conn.execute("UPDATE executions SET status = 'finished', finished_at = ? WHERE job_id = ? AND attempt = ?",
                          (now, outcome.id, attempt))
@@ -615,11 +617,13 @@ class SQLiteStore(Store):
 
     async def _register_worker(self, info: dict[str, Any], now: float) -> dict[str, Any]:
         def op(tx: _Tx) -> dict[str, Any]:
-            tx.conn.execute(
+            # A worker registering again keeps its first registered_at: answer with the stored one.
+            (registered_at,) = tx.conn.execute(
                 "INSERT INTO workers (id, info, registered_at, last_seen) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (id) DO UPDATE SET info = excluded.info, last_seen = excluded.last_seen",
-                (info["id"], models.dumps_str(info), now, now))
-            doc = {**info, "registered_at": now, "last_seen": now}
+                " ON CONFLICT (id) DO UPDATE SET info = excluded.info, last_seen = excluded.last_seen"
+                " RETURNING registered_at",
+                (info["id"], models.dumps_str(info), now, now)).fetchone()
+            doc = {**info, "registered_at": registered_at, "last_seen": now}
             tx.events.append((models.EV_WORKER, None, None, doc))
             return doc
 
