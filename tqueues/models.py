@@ -47,6 +47,7 @@ EV_REQUEUED = "job.requeued"
 EV_RELEASED = "job.released"
 EV_ABORTED = "job.aborted"
 EV_UPDATED = "job.updated"
+EV_LOG = "job.log"
 EV_QUEUE = "queue.updated"
 EV_WORKER = "worker.updated"
 

@@ -17,7 +17,7 @@ from aiohttp import web
 from ..errors import StoreUnavailable, TQueuesError
 from ..store import Store
 from .feeds import Hub
-from .http import error_response
+from .http import error_response, json_response
 
 log = logging.getLogger("tqueues.dispatcher")
 
@@ -51,9 +51,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except StoreUnavailable as exc:
         return error_response(503, exc.code, exc.message, headers={"Retry-After": "1"})
     except TQueuesError as exc:
-        body = exc.to_json()["error"]
+        # Not error_response(..., **details): a detail named like one of its parameters
+        # (Conflict(status=<job status>) from abort) would collide and escape as a 500.
         status = exc.status if 400 <= exc.status < 600 else 500
-        return error_response(status, body.pop("code"), body.pop("message"), **body)
+        return json_response(exc.to_json(), status)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -44,7 +44,7 @@ async def root_get(request: web.Request) -> web.Response:
     queue = _queue(request)
     wait = query_float(request, "wait", settings.compat_wait, minimum=0.0, maximum=settings.max_wait)
     worker = query_str(request, "worker") or "tqueues-compat"
-    jobs = await claim_wait(store, hub, [queue], worker, 1, settings.lease, wait)
+    jobs = await claim_wait(store, hub, [queue], worker, 1, settings.lease, wait, request)
     if not jobs:
         raise NoJobAvailable(f"no job available in queue {queue!r}; retry later", queue=queue)
     return json_response(jobs[0])

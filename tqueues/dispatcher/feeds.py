@@ -164,15 +164,18 @@ async def run_feed(request: web.Request, hub: Hub, feed: Feed, since: int | None
     await ws.prepare(request)
     hub.feeds.add(feed)
     reader = asyncio.ensure_future(_drain_incoming(ws))
+    reader.add_done_callback(lambda _: feed.ready.set())   # a closed client ends the loop now, not at its next poll
     try:
         if since is not None:
-            # Replay stored events; live events buffered meanwhile are deduplicated by seq.
+            # Replay stored events; live events buffered meanwhile are deduplicated by seq below.
+            # (Not against feed.last_seq: a live event pushed during the replay raises it and
+            # would hide every older stored event.)
             cursor = since
             while True:
                 backlog = await hub.store.events_since(cursor, 1000, queue=feed.queue, job_id=feed.job_id)
                 for event in backlog:
                     cursor = event["seq"]
-                    if feed.matches(event) and event["seq"] > feed.last_seq:
+                    if feed.matches(event):
                         await _send(ws, event, documents_only)
                 if len(backlog) < 1000:
                     break

@@ -56,7 +56,10 @@ def _json_field(name: str, value: str) -> Any:
 async def read_form_job(request: web.Request) -> dict[str, Any]:
     """A job from a form body, as TQueues clients sent it: args and kwargs as JSON text
     (or ``args`` repeated, one plain value each)."""
-    form = await request.post()
+    try:
+        form = await request.post()
+    except (ValueError, LookupError) as exc:   # broken multipart, bytes not in the charset, unknown charset
+        raise InvalidRequest(f"the form body cannot be read: {exc}") from None
     job: dict[str, Any] = {}
     for name in form.keys():
         values = form.getall(name)

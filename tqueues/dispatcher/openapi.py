@@ -93,6 +93,7 @@ OPENAPI: dict[str, Any] = {
         "/api/v1/events": {"get": _op("Events since a seq (long-polls with wait); upgrade to a websocket for a live feed",
                                       params=[_q("since", "integer"), _q("queue"), _q("job_id"), _q("kind"),
                                               _q("limit", "integer"), _q("wait", "number")])},
+        "/api/v1/openapi.json": {"get": _op("This OpenAPI document", errors=())},
         "/api/v1/health": {"get": _op("Liveness of the dispatcher", errors=())},
     },
     "components": {"schemas": {

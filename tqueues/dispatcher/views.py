@@ -30,15 +30,26 @@ def job_id(request: web.Request) -> str:
 
 
 async def claim_wait(store: Store, hub: Hub, queues: list[str], worker: str, limit: int,
-                     lease: float, wait: float) -> list[dict[str, Any]]:
+                     lease: float, wait: float, request: web.Request | None = None) -> list[dict[str, Any]]:
     """Claim, or wait up to ``wait`` seconds for a job to become ready and claim it.
 
     The waiter is registered before each claim, so an enqueue between an empty claim and the
     wait still wakes it. Jobs delayed into the future wake it at their ``run_at``.
+
+    A job already due that the claim did not take is claimed again once at once (it may have
+    become due meanwhile); if it is still there, its queue is paused, and only an event (resume,
+    new job) is worth waking for. Queues are looked at one by one so that a paused queue's due
+    jobs neither make the wait spin nor hide another queue's delayed job.
+
+    Once the client of ``request`` has disconnected, it stops without claiming: a job leased to
+    a client that is gone would sit out its lease, and use up an attempt, before running.
     """
     deadline = time.monotonic() + wait
+    retried: set[tuple[str, float]] = set()
     while True:
         with hub.wait_queues(queues) as waiter:
+            if request is not None and client_gone(request):
+                return []
             jobs = await store.claim(queues, worker, limit, lease)
             if jobs:
                 return jobs
@@ -46,10 +57,23 @@ async def claim_wait(store: Store, hub: Hub, queues: list[str], worker: str, lim
             if remaining <= 0:
                 return []
             timeout = min(remaining, BACKSTOP)
-            next_at = await store.next_run_at(queues)
-            if next_at is not None:
-                timeout = min(timeout, max(next_at - models.now(), 0.0) + 0.001)
-            await waiter.wait(timeout)
+            now = models.now()
+            for queue in queues:
+                next_at = await store.next_run_at([queue])
+                if next_at is None:
+                    continue
+                if next_at > now:
+                    timeout = min(timeout, next_at - now + 0.001)
+                elif (queue, next_at) not in retried:
+                    retried.add((queue, next_at))
+                    timeout = 0.0
+            if timeout > 0:
+                await waiter.wait(timeout)
+
+
+def client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 def parse_error(value: Any) -> dict[str, Any]:
@@ -204,7 +228,7 @@ async def claim(request: web.Request) -> web.Response:
     limit = integer(body, "limit", 1, minimum=1, maximum=1000)
     wait = number(body, "wait", 0.0, minimum=0.0, maximum=settings.max_wait)
     lease = number(body, "lease", settings.lease, minimum=0.01, maximum=24 * 3600)
-    jobs = await claim_wait(store, hub, queues, worker_param(body), limit, lease, wait)
+    jobs = await claim_wait(store, hub, queues, worker_param(body), limit, lease, wait, request)
     return json_response({"jobs": jobs, "lease_seconds": lease})
 
 

@@ -44,6 +44,7 @@ JOB_KEYS = (
 )
 EXECUTION_KEYS = ("job_id", "attempt", "worker", "status", "started_at", "finished_at", "error")
 MAX_CLAIM = 1000
+LOG_STREAMS = ("stdout", "stderr", "log")
 MAX_LEASE = 24 * 3600.0
 
 
@@ -193,6 +194,12 @@ class Store(abc.ABC):
         """
         return await self._abort(job_id, models.now())
 
+    async def retry(self, job_id: str) -> dict[str, Any]:
+        """Put a failed or aborted job back to ``pending`` now, with one more attempt allowed
+        if it had used them all (``attempts`` and executions keep the history). Emits
+        ``job.retrying``. Raises JobNotFound, or Conflict unless the job failed or was aborted."""
+        return await self._retry(job_id, models.now())
+
     # ------------------------------------------------------------------ workers
 
     async def claim(self, queues: Sequence[str], worker: str, limit: int = 1,
@@ -269,6 +276,20 @@ class Store(abc.ABC):
         """Every queue with ``paused`` and ``counts`` per status."""
         return await self._queues()
 
+    async def stats(self, window: float = 300.0) -> dict[str, Any]:
+        """Counts per status over all queues, and how many jobs ended ``finished`` and
+        ``failed`` in the last ``window`` seconds: ``{"counts": {...}, "window": s,
+        "finished": n, "failed": n}``."""
+        if not 0 < window <= 7 * 86400:
+            raise InvalidRequest("window: must be between 0 and 604800 seconds", field="window")
+        counts = dict.fromkeys(models.STATUSES, 0)
+        for queue in await self.queues():
+            for status, count in queue["counts"].items():
+                counts[status] += count
+        recent = await self._ended_since(models.now() - window)
+        return {"counts": counts, "window": window, "finished": recent.get(models.FINISHED, 0),
+                "failed": recent.get(models.FAILED, 0)}
+
     async def set_queue(self, name: str, *, paused: bool | None = None) -> dict[str, Any]:
         """Create the queue if needed and change its settings. Emits ``queue.updated``."""
         models.check_queue(name)
@@ -299,8 +320,30 @@ class Store(abc.ABC):
             for sub in list(self._subscribers):
                 sub._push(events)
 
+    # ------------------------------------------------------------------ logs
+
+    async def append_logs(self, lines: Sequence[dict[str, Any]]) -> int:
+        """Store captured output lines ``{"job_id", "attempt", "stream", "line", "ts"}``.
+
+        Each stored line gets an ``id`` that grows with every line of a job. Lines of unknown
+        jobs are skipped. Emits one ``job.log`` event per job whose ``new_val`` is
+        ``{"id": job_id, "lines": [...]}``. Returns how many lines were stored.
+        """
+        for line in lines:
+            if line.get("stream") not in LOG_STREAMS:
+                raise InvalidRequest(f"stream: must be one of {', '.join(LOG_STREAMS)}", field="stream")
+        if not lines:
+            return 0
+        return await self._append_logs(list(lines))
+
+    async def logs(self, job_id: str, since: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+        """Lines of a job with ``id`` greater than ``since``, oldest first. Raises JobNotFound."""
+        if not 1 <= limit <= 10_000:
+            raise InvalidRequest("limit: must be between 1 and 10000", field="limit")
+        return await self._logs(job_id, since, limit)
+
     async def prune(self, older_than: float) -> int:
-        """Delete ended jobs (with executions) and events older than ``older_than`` seconds.
+        """Delete ended jobs (with executions and logs) and events older than ``older_than`` seconds.
         Returns how many jobs were deleted."""
         if older_than < 0:
             raise InvalidRequest("older_than: must be >= 0", field="older_than")
@@ -379,6 +422,18 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def _last_seq(self) -> int: ...
+
+    @abc.abstractmethod
+    async def _retry(self, job_id: str, now: float) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    async def _ended_since(self, since: float) -> dict[str, int]: ...
+
+    @abc.abstractmethod
+    async def _append_logs(self, lines: list[dict[str, Any]]) -> int: ...
+
+    @abc.abstractmethod
+    async def _logs(self, job_id: str, since: int, limit: int) -> list[dict[str, Any]]: ...
 
     @abc.abstractmethod
     async def _prune(self, cutoff: float) -> int: ...

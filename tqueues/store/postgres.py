@@ -40,7 +40,7 @@ except ImportError:  # pragma: no cover - reported when the store is opened
 
 log = logging.getLogger("tqueues.store.postgres")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 EVENT_LOCK = 0x7471_7565_7565_73   # advisory lock that orders event seqs ("tqueues")
 MIGRATE_LOCK = EVENT_LOCK + 1
 CHANNEL = "tqueues_events"
@@ -114,6 +114,18 @@ MIGRATIONS: list[str] = [
         registered_at DOUBLE PRECISION NOT NULL,
         last_seen DOUBLE PRECISION NOT NULL
     );
+    """,
+    # version 2: captured output of jobs
+    """
+    CREATE TABLE IF NOT EXISTS tqueues_logs (
+        id BIGSERIAL PRIMARY KEY,
+        job_id TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        stream TEXT NOT NULL,
+        line TEXT NOT NULL,
+        ts DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS tqueues_logs_job ON tqueues_logs (job_id, id);
     """,
 ]
 
@@ -518,6 +530,28 @@ class PostgresStore(Store):
 
         return await self._write(op)
 
+    async def _retry(self, job_id: str, now: float) -> dict[str, Any]:
+        async def op(tx: _Tx) -> dict[str, Any]:
+            job = await self._require(tx.conn, job_id, lock=True)
+            if job["status"] not in (models.FAILED, models.ABORTED):
+                raise Conflict(f"job {job_id} is {job['status']}; only failed or aborted jobs can be retried",
+                               id=job_id, status=job["status"])
+            job = await self._update(tx.conn, job_id, "status = 'pending', run_at = $2,"
+                                     " max_attempts = GREATEST(max_attempts, attempts + 1), lease = NULL,"
+                                     " lease_expires = NULL, worker = NULL, finished_at = NULL, updated_at = $2", now)
+            assert job is not None
+            tx.emit(models.EV_RETRYING, job)
+            return job
+
+        return await self._write(op)
+
+    async def _ended_since(self, since: float) -> dict[str, int]:
+        async def read(conn: Any) -> dict[str, int]:
+            rows = await conn.fetch("SELECT status, COUNT(*) AS n FROM tqueues_jobs WHERE finished_at >= $1 GROUP BY status", since)
+            return {r["status"]: r["n"] for r in rows}
+
+        return await self._read(read)
+
     # ------------------------------------------------------------------ workers
 
     async def _claim(self, queues: list[str], worker: str, limit: int, lease_seconds: float,
@@ -733,9 +767,45 @@ class PostgresStore(Store):
     async def _last_seq(self) -> int:
         return await self._read(lambda conn: conn.fetchval("SELECT COALESCE(MAX(seq), 0) FROM tqueues_events"))
 
+    async def _append_logs(self, lines: list[dict[str, Any]]) -> int:
+        async def op(tx: _Tx) -> int:
+            conn = tx.conn
+            ids = sorted({line["job_id"] for line in lines})
+            queues = {r["id"]: r["queue"] for r in await conn.fetch(
+                "SELECT id, queue FROM tqueues_jobs WHERE id = ANY($1::text[])", ids)}
+            kept = [line for line in lines if line["job_id"] in queues]
+            if not kept:
+                return 0
+            rows = await conn.fetch(
+                "INSERT INTO tqueues_logs (job_id, attempt, stream, line, ts)"
+                " SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::float8[])"
+                " RETURNING id, job_id, attempt, stream, line, ts",
+                [l["job_id"] for l in kept], [l["attempt"] for l in kept], [l["stream"] for l in kept],
+                [l["line"] for l in kept], [l["ts"] for l in kept])
+            by_job: dict[str, list[dict[str, Any]]] = {}
+            for row in sorted(rows, key=lambda r: r["id"]):
+                by_job.setdefault(row["job_id"], []).append(
+                    {"id": row["id"], "attempt": row["attempt"], "stream": row["stream"], "line": row["line"], "ts": row["ts"]})
+            for job_id, stored in by_job.items():
+                tx.events.append((models.EV_LOG, queues[job_id], job_id, {"id": job_id, "lines": stored}))
+            return len(rows)
+
+        return await self._write(op)
+
+    async def _logs(self, job_id: str, since: int, limit: int) -> list[dict[str, Any]]:
+        async def read(conn: Any) -> list[dict[str, Any]]:
+            await self._require(conn, job_id)
+            rows = await conn.fetch("SELECT id, attempt, stream, line, ts FROM tqueues_logs WHERE job_id = $1 AND id > $2"
+                                    " ORDER BY id LIMIT $3", job_id, since, limit)
+            return [dict(r) for r in rows]
+
+        return await self._read(read)
+
     async def _prune(self, cutoff: float) -> int:
         async def op(tx: _Tx) -> int:
             conn = tx.conn
+            await conn.execute("DELETE FROM tqueues_logs WHERE job_id IN (SELECT id FROM tqueues_jobs"
+                               " WHERE finished_at < $1 AND status IN ('finished', 'failed', 'aborted'))", cutoff)
             await conn.execute("DELETE FROM tqueues_executions WHERE job_id IN (SELECT id FROM tqueues_jobs"
                                " WHERE finished_at < $1 AND status IN ('finished', 'failed', 'aborted'))", cutoff)
             result = await conn.execute("DELETE FROM tqueues_jobs WHERE finished_at < $1"

@@ -89,6 +89,15 @@ CREATE TABLE IF NOT EXISTS events (
     doc TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_job ON events (job_id, seq);
+CREATE TABLE IF NOT EXISTS logs (
+    id INTEGER PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    stream TEXT NOT NULL,
+    line TEXT NOT NULL,
+    ts REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS logs_job ON logs (job_id, id);
 CREATE TABLE IF NOT EXISTS queues (
     name TEXT PRIMARY KEY,
     paused INTEGER NOT NULL DEFAULT 0,
@@ -464,6 +473,28 @@ class SQLiteStore(Store):
 
         return await self._write(op)
 
+    async def _retry(self, job_id: str, now: float) -> dict[str, Any]:
+        def op(tx: _Tx) -> dict[str, Any]:
+            job = self._require(tx.conn, job_id)
+            if job["status"] not in (models.FAILED, models.ABORTED):
+                raise Conflict(f"job {job_id} is {job['status']}; only failed or aborted jobs can be retried",
+                               id=job_id, status=job["status"])
+            job = self._update_job(tx.conn, job_id, "", (),
+                                   "status = 'pending', run_at = ?, max_attempts = MAX(max_attempts, attempts + 1),"
+                                   " lease = NULL, lease_expires = NULL, worker = NULL, finished_at = NULL, updated_at = ?",
+                                   (now, now))
+            assert job is not None
+            tx.emit(models.EV_RETRYING, job)
+            return job
+
+        return await self._write(op)
+
+    async def _ended_since(self, since: float) -> dict[str, int]:
+        def read(conn: sqlite3.Connection) -> dict[str, int]:
+            return dict(conn.execute("SELECT status, COUNT(*) FROM jobs WHERE finished_at >= ? GROUP BY status", (since,)).fetchall())
+
+        return await self._read(read)
+
     # ------------------------------------------------------------------ workers
 
     async def _claim(self, queues: list[str], worker: str, limit: int, lease_seconds: float,
@@ -683,9 +714,45 @@ class SQLiteStore(Store):
     async def _last_seq(self) -> int:
         return await self._read(lambda conn: conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
 
+    async def _append_logs(self, lines: list[dict[str, Any]]) -> int:
+        def op(tx: _Tx) -> int:
+            conn = tx.conn
+            ids = sorted({line["job_id"] for line in lines})
+            queues: dict[str, str] = {}
+            for chunk in models.iter_chunks(ids, 500):
+                marks = ", ".join("?" * len(chunk))
+                queues.update(conn.execute(f"SELECT id, queue FROM jobs WHERE id IN ({marks})", chunk).fetchall())
+            (last,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM logs").fetchone()
+            by_job: dict[str, list[dict[str, Any]]] = {}
+            rows = []
+            for line in lines:
+                if line["job_id"] not in queues:
+                    continue
+                last += 1
+                stored = {"id": last, "attempt": line["attempt"], "stream": line["stream"], "line": line["line"], "ts": line["ts"]}
+                by_job.setdefault(line["job_id"], []).append(stored)
+                rows.append((last, line["job_id"], line["attempt"], line["stream"], line["line"], line["ts"]))
+            conn.executemany("INSERT INTO logs (id, job_id, attempt, stream, line, ts) VALUES (?, ?, ?, ?, ?, ?)", rows)
+            for job_id, stored_lines in by_job.items():
+                tx.events.append((models.EV_LOG, queues[job_id], job_id, {"id": job_id, "lines": stored_lines}))
+            return len(rows)
+
+        return await self._write(op)
+
+    async def _logs(self, job_id: str, since: int, limit: int) -> list[dict[str, Any]]:
+        def read(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            self._require(conn, job_id)
+            rows = conn.execute("SELECT id, attempt, stream, line, ts FROM logs WHERE job_id = ? AND id > ?"
+                                " ORDER BY id LIMIT ?", (job_id, since, limit)).fetchall()
+            return [{"id": r[0], "attempt": r[1], "stream": r[2], "line": r[3], "ts": r[4]} for r in rows]
+
+        return await self._read(read)
+
     async def _prune(self, cutoff: float) -> int:
         def op(tx: _Tx) -> int:
             conn = tx.conn
+            conn.execute("DELETE FROM logs WHERE job_id IN (SELECT id FROM jobs WHERE finished_at < ?"
+                         " AND status IN ('finished', 'failed', 'aborted'))", (cutoff,))
             conn.execute("DELETE FROM executions WHERE job_id IN (SELECT id FROM jobs WHERE finished_at < ?"
                          " AND status IN ('finished', 'failed', 'aborted'))", (cutoff,))
             cur = conn.execute("DELETE FROM jobs WHERE finished_at < ? AND status IN ('finished', 'failed', 'aborted')", (cutoff,))

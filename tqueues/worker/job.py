@@ -17,6 +17,7 @@ import traceback
 from typing import TYPE_CHECKING, Any, Callable
 
 from .. import models
+from . import capture
 from ..errors import ClientError, JobAborted, JobTimeout, NotRegistered
 from .runner import ChildDied, RemoteError
 
@@ -77,16 +78,32 @@ class Job:
     # ------------------------------------------------------------------ running
 
     async def run(self) -> Any:
-        """Run the registered function with a timeout; the result is kept in ``self.result``."""
+        """Run the registered function with a timeout; the result is kept in ``self.result``.
+
+        What the function prints and logs is captured as this attempt's log lines.
+        """
         fn = self.worker.registry.resolve(self.method)
         kwargs = dict(self.kwargs)
         pass_job = wants_job(fn)
-        if is_async(fn):
-            if pass_job:
-                kwargs["tq_parent_job"] = self
-            self._inner = asyncio.ensure_future(fn(*self.args, **kwargs))
-        else:
-            self._inner = asyncio.ensure_future(self.worker.run_plain(self, fn, kwargs, pass_job))
+        sink = capture.LogSink(self.attempt, self.log_line)
+        with capture.capturing(sink):   # the tasks created below inherit the capture
+            if is_async(fn):
+                if pass_job:
+                    kwargs["tq_parent_job"] = self
+                self._inner = asyncio.ensure_future(fn(*self.args, **kwargs))
+            else:
+                self._inner = asyncio.ensure_future(self.worker.run_plain(self, fn, kwargs, pass_job))
+            try:
+                return await self._wait()
+            finally:
+                sink.close()
+
+    def log_line(self, line: dict[str, Any]) -> None:
+        """Queue one captured line of this attempt for the dispatcher."""
+        self.worker._log(self, line)
+
+    async def _wait(self) -> Any:
+        assert self._inner is not None
         done, _ = await asyncio.wait({self._inner}, timeout=self.timeout)
         if not done:
             self._inner.cancel()

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import multiprocessing
 import multiprocessing.connection
-import os
 import pickle
 import signal
 import traceback
@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from .. import models
+from . import capture
 
 KILL_GRACE = 1.0
 
@@ -59,6 +60,9 @@ class ChildJob:
 def _child_main(conn: multiprocessing.connection.Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    root = logging.getLogger()
+    if not root.handlers and root.level == logging.WARNING:
+        root.setLevel(logging.INFO)   # a job's info records are captured, as in the worker
     while True:
         try:
             raw = conn.recv_bytes()
@@ -66,12 +70,18 @@ def _child_main(conn: multiprocessing.connection.Connection) -> None:
             return
         try:
             fn, args, kwargs, info, pass_job = pickle.loads(raw)
-            if pass_job:
-                kwargs["tq_parent_job"] = ChildJob(conn, info)
-            result = fn(*args, **kwargs)
-            answer: tuple[Any, ...] = ("ok", models.to_jsonable(result))
-        except BaseException as exc:  # noqa: BLE001 - every failure is the job's result
-            answer = ("error", type(exc).__name__, str(exc), traceback.format_exc())
+        except BaseException as exc:  # noqa: BLE001 - reported as the job's failure
+            answer: tuple[Any, ...] = ("error", type(exc).__name__, str(exc), traceback.format_exc())
+        else:
+            sink = capture.LogSink(info["attempt"], lambda line: conn.send(("log", line)))
+            with capture.capturing(sink):
+                try:
+                    if pass_job:
+                        kwargs["tq_parent_job"] = ChildJob(conn, info)
+                    result = fn(*args, **kwargs)
+                    answer = ("ok", models.to_jsonable(result))
+                except BaseException as exc:  # noqa: BLE001 - every failure is the job's result
+                    answer = ("error", type(exc).__name__, str(exc), traceback.format_exc())
         try:
             conn.send(answer)
         except (EOFError, OSError, BrokenPipeError):
@@ -110,7 +120,8 @@ class ProcessPool:
         self._slots = asyncio.Semaphore(size)
 
     async def run(self, fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], info: dict[str, Any],
-                  pass_job: bool, on_update: Callable[[dict[str, Any]], None]) -> Any:
+                  pass_job: bool, on_update: Callable[[dict[str, Any]], None],
+                  on_log: Callable[[dict[str, Any]], None]) -> Any:
         """Run ``fn`` in a child; its result, or RemoteError / ChildDied. Cancelling kills the child."""
         try:
             payload = pickle.dumps((fn, args, kwargs, info, pass_job))
@@ -131,6 +142,9 @@ class ProcessPool:
                     except (EOFError, OSError):
                         await loop.run_in_executor(self._threads, child.process.join, 5)
                         raise ChildDied(f"the job's process exited with code {child.process.exitcode}") from None
+                    if message[0] == "log":
+                        on_log(message[1])
+                        continue
                     if message[0] == "update":
                         on_update(message[1])
                         continue
@@ -153,6 +167,3 @@ class ProcessPool:
             await loop.run_in_executor(self._threads, child.kill)
         self._threads.shutdown(wait=False, cancel_futures=True)
 
-
-def pid() -> int:
-    return os.getpid()

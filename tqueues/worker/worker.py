@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
 import socket
@@ -26,6 +27,9 @@ from .runner import ProcessPool
 log = logging.getLogger("tqueues.worker")
 
 ISOLATIONS = ("process", "thread")
+LOG_BATCH = 500             # captured lines sent in one request
+LOG_INTERVAL = 0.2          # seconds between sends of captured lines while jobs print
+MAX_LOG_BACKLOG = 100_000   # lines kept while the dispatcher is unreachable; newer ones are dropped
 
 
 class Worker:
@@ -62,6 +66,8 @@ class Worker:
         self._held: dict[str, Job] = {}          # every lease we hold, until reported or lost
         self._buffer: list[dict[str, Any]] = []  # claimed, not yet handed out
         self._outcomes: list[tuple[Job, dict[str, Any]]] = []
+        self._logs: list[dict[str, Any]] = []
+        self._logs_dropped = 0
         self._outcome_ready = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
         self._slot_free = asyncio.Event()
@@ -234,17 +240,20 @@ class Worker:
             if self._threads is None:
                 from concurrent.futures import ThreadPoolExecutor
                 self._threads = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="tqueues-job")
-            return await loop.run_in_executor(self._threads, lambda: fn(*job.args, **kwargs))
+            context = contextvars.copy_context()   # carries the job's log capture into the thread
+            return await loop.run_in_executor(self._threads, lambda: context.run(fn, *job.args, **kwargs))
         if self._pool is None:
             self._pool = ProcessPool(self.concurrency)
         info = {"id": job.id, "queue": job.queue, "method": job.method, "attempt": job.attempt, "data": job.data}
         updates: list[asyncio.Future[None]] = []
 
         def on_update(data: dict[str, Any]) -> None:
-            updates.append(asyncio.ensure_future(_quiet(job.update(data))))
+            # One after the other, in the order the function made them.
+            previous = updates[-1] if updates else None
+            updates.append(asyncio.ensure_future(_quiet(job.update(data), after=previous)))
 
         try:
-            return await self._pool.run(fn, job.args, kwargs, info, pass_job, on_update)
+            return await self._pool.run(fn, job.args, kwargs, info, pass_job, on_update, job.log_line)
         finally:
             if updates:   # the job's updates land before its outcome is reported
                 await asyncio.wait(updates)
@@ -257,17 +266,45 @@ class Worker:
     def _drop(self, job: Job) -> None:
         self._held.pop(job.id, None)
 
+    def _log(self, job: Job, line: dict[str, Any]) -> None:
+        if len(self._logs) >= MAX_LOG_BACKLOG:
+            self._logs_dropped += 1
+            return
+        self._logs.append({"job_id": job.id, **line})
+        if len(self._logs) >= LOG_BATCH:
+            self._outcome_ready.set()
+
     def _report(self, job: Job, outcome: dict[str, Any]) -> None:
         self._outcomes.append((job, outcome))
         self._outcome_ready.set()
 
     async def _flusher(self) -> None:
         while True:
-            await self._outcome_ready.wait()
+            # Outcomes go at once; captured lines at least every LOG_INTERVAL while jobs print.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._outcome_ready.wait(), LOG_INTERVAL if self._logs else None)
             self._outcome_ready.clear()
             await self._flush_all()
 
+    async def _flush_logs(self) -> None:
+        """Send captured lines (before the outcomes of their jobs); keep them if unreachable."""
+        while self._logs:
+            batch, self._logs = self._logs[:LOG_BATCH * 4], self._logs[LOG_BATCH * 4:]
+            if self._logs_dropped:
+                log.warning("%d captured line(s) dropped while the dispatcher was unreachable", self._logs_dropped)
+                self._logs_dropped = 0
+            try:
+                await self.client.request("POST", "api/v1/logs", json={"lines": batch})
+            except ClientError as exc:
+                if exc.status and 400 <= exc.status < 500:
+                    log.error("dispatcher refused %d log line(s): %s", len(batch), exc)
+                    continue
+                self._logs = batch + self._logs
+                log.warning("cannot send log lines (%s); will retry", exc)
+                return
+
     async def _flush_all(self) -> None:
+        await self._flush_logs()
         delay = 0.2
         while self._outcomes:
             batch, self._outcomes = self._outcomes, []
@@ -334,7 +371,9 @@ class _ThreadJob:
         asyncio.run_coroutine_threadsafe(self._job.update(data), self._loop).result()
 
 
-async def _quiet(coro: Any) -> None:
+async def _quiet(coro: Any, after: asyncio.Future[None] | None = None) -> None:
+    if after is not None:
+        await asyncio.wait({after})
     try:
         await coro
     except ClientError as exc:
