@@ -53,6 +53,11 @@ class Client:
         self._own_session = session is None
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """Headers sent with every request (authorisation)."""
+        return dict(self._headers)
+
     async def __aenter__(self) -> "Client":
         return self
 
@@ -155,7 +160,7 @@ class Client:
         return (await self.request("GET", "api/v1/jobs", params=params))["jobs"]
 
     async def executions(self, job_id: str) -> list[dict[str, Any]]:
-        return (await self.request("GET", f"api/v1/jobs/{job_id}/executions"))["executions"]
+        return await self.request("GET", f"api/v1/jobs/{job_id}/executions")
 
     async def update(self, job_id: str, data: Mapping[str, Any], lease: str | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"data": dict(data)}

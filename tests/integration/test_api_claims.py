@@ -286,7 +286,7 @@ async def test_given_an_expired_lease_that_was_reissued_when_the_old_holder_repo
     status, done = await server.call("POST", path + "/complete", json={"lease": new["lease"], "result": "on time"})
     assert status == 200 and done["result"] == "on time"
     status, runs = await server.call("GET", path + "/executions")
-    assert [(r["worker"], r["status"]) for r in runs["executions"]] == [("old", "lost"), ("new", "finished")]
+    assert [(r["worker"], r["status"]) for r in runs] == [("old", "lost"), ("new", "finished")]
 
 
 # ---------------------------------------------------------------------------- paused queues

@@ -23,9 +23,12 @@ async def enqueue(server: Server, **spec: Any) -> dict[str, Any]:
 
 
 async def events(server: Server, **params: Any) -> dict[str, Any]:
-    status, body = await server.call("GET", "/api/v1/events", params={k: str(v) for k, v in params.items()})
-    assert status == 200, body
-    return body
+    """The JSON list of events, with the cursor the dispatcher gives in ``X-Last-Seq``."""
+    async with server.session.get(server.url + "api/v1/events", params={k: str(v) for k, v in params.items()}) as response:
+        body = await response.json()
+        assert response.status == 200, body
+        assert isinstance(body, list)
+        return {"events": body, "last_seq": int(response.headers["X-Last-Seq"])}
 
 
 async def receive(ws: aiohttp.ClientWebSocketResponse, count: int, timeout: float = 3.0) -> list[dict[str, Any]]:
@@ -70,7 +73,7 @@ async def test_given_events_of_several_queues_and_kinds_when_filtered_then_only_
     await server.call("PATCH", f"/api/v1/jobs/{a['id']}", json={"data": {"x": 1}})
     assert [e["queue"] for e in (await events(server, since=0, queue="a"))["events"]] == ["a", "a"]
     assert [e["kind"] for e in (await events(server, since=0, kind="job.updated"))["events"]] == ["job.updated"]
-    assert {e["job_id"] for e in (await events(server, since=0, job_id=a["id"]))["events"]} == {a["id"]}
+    assert {e["job_id"] for e in (await events(server, since=0, job=a["id"]))["events"]} == {a["id"]}
     page = await events(server, since=0, limit=1)
     assert len(page["events"]) == 1 and page["last_seq"] == page["events"][0]["seq"]
 

@@ -206,7 +206,7 @@ async def test_given_a_started_job_when_aborted_then_its_lease_is_stale(server: 
     assert status == 409 and body["error"]["code"] == "stale_lease"
     after = await server.store.get(job["id"])
     assert (after["status"], after["result"]) == ("aborted", None)
-    (execution,) = (await server.call("GET", f"/api/v1/jobs/{job['id']}/executions"))[1]["executions"]
+    (execution,) = (await server.call("GET", f"/api/v1/jobs/{job['id']}/executions"))[1]
     assert execution["status"] == "aborted"
 
 
@@ -223,7 +223,7 @@ async def test_given_a_job_failed_once_then_finished_when_executions_are_read_th
     status, body = await server.call("GET", f"/api/v1/jobs/{job['id']}/executions")
     # Then each attempt is listed in order with its worker and outcome
     assert status == 200
-    runs = body["executions"]
+    runs = body
     assert [(r["attempt"], r["worker"], r["status"]) for r in runs] == [(1, "w1", "failed"), (2, "w2", "finished")]
     assert runs[0]["error"]["type"] == "ValueError" and runs[1]["error"] is None
 

@@ -182,6 +182,33 @@ R = "GET /api/v1/jobs/{id}/executions"
 case(R, "unknown id", 404, path=f"/api/v1/jobs/{UNKNOWN}/executions", code="job_not_found")
 case(R, "id too long", 400, path="/api/v1/jobs/" + "x" * 65 + "/executions")
 
+R = "GET /api/v1/jobs/{id}/logs"
+case(R, "unknown id", 404, path=f"/api/v1/jobs/{UNKNOWN}/logs", code="job_not_found")
+case(R, "id too long", 400, path="/api/v1/jobs/" + "x" * 65 + "/logs")
+for name, query in {"since negative": "since=-1", "since not a number": "since=x", "limit zero": "limit=0",
+                    "limit too big": "limit=10001"}.items():
+    case(R, name, 400, path=f"/api/v1/jobs/{{job}}/logs?{query}", setup="pending")
+
+R = "POST /api/v1/jobs/{id}/retry"
+case(R, "unknown id", 404, path=f"/api/v1/jobs/{UNKNOWN}/retry", code="job_not_found")
+case(R, "id too long", 400, path="/api/v1/jobs/" + "x" * 65 + "/retry")
+case(R, "job still pending", 409, setup="pending", code="conflict")
+case(R, "job finished", 409, setup="finished", code="conflict")
+
+R = "POST /api/v1/logs"
+body_cases(R)
+for name, body in {
+    "lines missing": {},
+    "lines not a list": {"lines": {}},
+    "line not an object": {"lines": [5]},
+    "job_id missing": {"lines": [{"stream": "stdout", "line": "x"}]},
+    "stream unknown": {"lines": [{"job_id": "{job}", "stream": "stdin", "line": "x"}]},
+    "line not a string": {"lines": [{"job_id": "{job}", "stream": "stdout", "line": 5}]},
+    "attempt a string": {"lines": [{"job_id": "{job}", "stream": "stdout", "line": "x", "attempt": "1"}]},
+    "ts a string": {"lines": [{"job_id": "{job}", "stream": "stdout", "line": "x", "ts": "now"}]},
+}.items():
+    case(R, name, 400, json=body, setup="pending")
+
 # ---------------------------------------------------------------------------- complete, fail, heartbeat, release
 
 for verb in ("complete", "fail", "heartbeat", "release"):
@@ -320,6 +347,21 @@ for name, body in {
     "status a number": {"id": "w", "status": 5},
     "jobs_done a string": {"id": "w", "jobs_done": "1"},
 }.items():
+    case(R, name, 400, json=body)
+
+R = "POST /api/v1/workers/{id}/stop"
+case(R, "unknown worker", 404, path="/api/v1/workers/nobody/stop", code="not_found")
+case(R, "id too long", 400, path="/api/v1/workers/" + "w" * 201 + "/stop")
+
+R = "GET /api/v1/stats"
+for name, query in {"window zero": "window=0", "window negative": "window=-5", "window huge": "window=1e9",
+                    "window not a number": "window=soon"}.items():
+    case(R, name, 400, path=f"/api/v1/stats?{query}")
+
+R = "POST /api/v1/prune"
+body_cases(R)
+for name, body in {"older_than missing": {}, "older_than negative": {"older_than": -1},
+                   "older_than a string": {"older_than": "1d"}, "older_than a bool": {"older_than": True}}.items():
     case(R, name, 400, json=body)
 
 # ---------------------------------------------------------------------------- events
@@ -586,7 +628,7 @@ def test_given_the_route_tables_then_every_route_has_malformed_cases_and_a_wrong
     # Routes that read a JSON body get the whole battery of body cases
     for method, path in ALL_ROUTES:
         names = {c.name for c in CASES if c.route == f"{method} {path}"}
-        if method in ("POST", "PUT", "PATCH") and not path.endswith(("/abort", "/pause", "/resume")) and path != "/":
+        if method in ("POST", "PUT", "PATCH") and not path.endswith(("/abort", "/pause", "/resume", "/retry", "/stop")) and path != "/":
             assert {"bad JSON", "JSON array", "oversize body"} <= names, f"{method} {path}"
         if (method, path) in {("POST", "/"), ("PATCH", "/")}:
             assert {"bad JSON", "JSON array", "oversize body"} <= names, f"{method} {path}"

@@ -59,7 +59,19 @@ OPENAPI: dict[str, Any] = {
                                "properties": {"data": {"type": "object"}, "lease": {"type": "string"}}}),
         },
         "/api/v1/jobs/{id}/abort": {"post": _op("Abort a pending or started job", params=[ID], ok=JOB, errors=(404, 409))},
-        "/api/v1/jobs/{id}/executions": {"get": _op("Every attempt of a job", params=[ID], errors=(404,))},
+        "/api/v1/jobs/{id}/executions": {"get": _op("Every attempt of a job", params=[ID], errors=(400, 404),
+                                                    ok={"type": "array", "items": {"$ref": "#/components/schemas/Execution"}})},
+        "/api/v1/jobs/{id}/logs": {"get": _op("Captured output lines of a job with id > since, oldest first",
+                                              params=[ID, _q("since", "integer"), _q("limit", "integer")], errors=(400, 404),
+                                              ok={"type": "array", "items": {"$ref": "#/components/schemas/LogLine"}})},
+        "/api/v1/jobs/{id}/retry": {"post": _op("Put a failed or aborted job back to pending", params=[ID], ok=JOB,
+                                                errors=(400, 404, 409))},
+        "/api/v1/logs": {"post": _op("Store captured output lines (workers)", ok={"type": "object"}, body={
+            "type": "object", "required": ["lines"], "properties": {"lines": {"type": "array", "items": {
+                "type": "object", "required": ["job_id", "stream", "line"],
+                "properties": {"job_id": {"type": "string"}, "attempt": {"type": "integer"},
+                               "stream": {"enum": ["stdout", "stderr", "log"]}, "line": {"type": "string"},
+                               "ts": {"type": "number"}}}}}})},
         "/api/v1/jobs/{id}/complete": {"post": _op("Finish an attempt (fenced by lease)", params=[ID], ok=JOB, errors=(400, 404, 409),
                                                    body={**LEASE_BODY, "properties": {"lease": {"type": "string"}, "result": {}}})},
         "/api/v1/jobs/{id}/fail": {"post": _op("Fail an attempt (fenced by lease); retried while attempts remain", params=[ID],
@@ -90,10 +102,18 @@ OPENAPI: dict[str, Any] = {
             "post": _op("Register a worker", body={"type": "object", "required": ["id"]}),
             "get": _op("Registered workers with last_seen and status", errors=()),
         },
-        "/api/v1/events": {"get": _op("Events since a seq (long-polls with wait); upgrade to a websocket for a live feed",
-                                      params=[_q("since", "integer"), _q("queue"), _q("job_id"), _q("kind"),
-                                              _q("limit", "integer"), _q("wait", "number")])},
+        "/api/v1/events": {"get": _op("Events since a seq, as a JSON list (the cursor is in the X-Last-Seq header);"
+                                      " long-polls with wait; upgrade to a websocket for a live feed",
+                                      params=[_q("since", "integer"), _q("queue"), _q("job", description="job id"),
+                                              _q("kind", description="comma-separated kinds"),
+                                              _q("limit", "integer"), _q("wait", "number")],
+                                      ok={"type": "array", "items": {"$ref": "#/components/schemas/Event"}})},
         "/api/v1/openapi.json": {"get": _op("This OpenAPI document", errors=())},
+        "/api/v1/workers/{id}/stop": {"post": _op("Ask a worker to drain and exit", params=[ID], errors=(400, 404))},
+        "/api/v1/stats": {"get": _op("Counts per status, recent outcomes and throughput, live workers",
+                                     params=[_q("window", "number", "seconds")])},
+        "/api/v1/prune": {"post": _op("Delete ended jobs older than older_than seconds", body={
+            "type": "object", "required": ["older_than"], "properties": {"older_than": {"type": "number"}}})},
         "/api/v1/health": {"get": _op("Liveness of the dispatcher", errors=())},
     },
     "components": {"schemas": {
@@ -120,6 +140,17 @@ OPENAPI: dict[str, Any] = {
             "error": {"oneOf": [{"$ref": "#/components/schemas/JobError"}, {"type": "null"}]},
             "key": {"type": ["string", "null"]}, "created_at": {"type": "number"},
             "started_at": {"type": ["number", "null"]}, "finished_at": {"type": ["number", "null"]}}},
+        "Execution": {"type": "object", "properties": {
+            "job_id": {"type": "string"}, "attempt": {"type": "integer"}, "worker": {"type": ["string", "null"]},
+            "status": {"enum": ["started", "finished", "failed", "lost", "aborted"]},
+            "started_at": {"type": ["number", "null"]}, "finished_at": {"type": ["number", "null"]},
+            "error": {"oneOf": [{"$ref": "#/components/schemas/JobError"}, {"type": "null"}]}}},
+        "LogLine": {"type": "object", "properties": {
+            "id": {"type": "integer"}, "attempt": {"type": "integer"}, "stream": {"enum": ["stdout", "stderr", "log"]},
+            "line": {"type": "string"}, "ts": {"type": "number"}}},
+        "Event": {"type": "object", "properties": {
+            "seq": {"type": "integer"}, "ts": {"type": "number"}, "kind": {"type": "string"},
+            "queue": {"type": ["string", "null"]}, "job_id": {"type": ["string", "null"]}, "new_val": {}}},
         "Outcome": {"type": "object", "required": ["id", "lease", "status"], "properties": {
             "id": {"type": "string"}, "lease": {"type": "string"}, "status": {"enum": ["finished", "failed"]},
             "result": {}, "error": {"$ref": "#/components/schemas/JobError"}, "retry": {"type": "boolean"}}},

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
 from aiohttp import web
 
 from .. import __version__, models
-from ..errors import InvalidRequest, LeaseConflict
+from ..errors import InvalidRequest, LeaseConflict, NotFound
 from ..store import Outcome, Store
 from .app import app_state
 from .feeds import Feed, Hub, run_feed
@@ -186,7 +187,38 @@ async def abort_job(request: web.Request) -> web.Response:
 
 async def job_executions(request: web.Request) -> web.Response:
     store, _, _ = app_state(request)
-    return json_response({"executions": await store.executions(job_id(request))})
+    return json_response(await store.executions(job_id(request)))
+
+
+async def job_logs(request: web.Request) -> web.Response:
+    store, _, _ = app_state(request)
+    since = query_int(request, "since", 0, minimum=0, maximum=2**62)
+    limit = query_int(request, "limit", 1000, minimum=1, maximum=10_000)
+    return json_response(await store.logs(job_id(request), since, limit))
+
+
+async def retry_job(request: web.Request) -> web.Response:
+    store, _, _ = app_state(request)
+    return json_response(await store.retry(job_id(request)))
+
+
+MAX_LINE = 64 * 1024
+
+
+async def post_logs(request: web.Request) -> web.Response:
+    store, _, _ = app_state(request)
+    body = await read_object(request)
+    items = field(body, "lines", list)
+    if len(items) > models.MAX_BATCH:
+        raise InvalidRequest(f"lines: at most {models.MAX_BATCH} per request", field="lines")
+    lines = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise InvalidRequest(f"lines[{index}]: must be an object", field="lines")
+        lines.append({"job_id": field(item, "job_id", str), "attempt": integer(item, "attempt", 1, minimum=0, maximum=10**6),
+                      "stream": field(item, "stream", str), "line": field(item, "line", str)[:MAX_LINE],
+                      "ts": number(item, "ts", models.now(), minimum=0, maximum=2**40)})
+    return json_response({"stored": await store.append_logs(lines)})
 
 
 async def job_complete(request: web.Request) -> web.Response:
@@ -246,12 +278,23 @@ async def complete_batch(request: web.Request) -> web.Response:
 
 
 async def heartbeat_batch(request: web.Request) -> web.Response:
+    """Extend leases; with ``info`` also refresh the worker's registry entry. The answer
+    carries the command left for the worker (``"stop"``), if any."""
     store, settings, _ = app_state(request)
     body = await read_object(request)
     items = leases(body) if body.get("leases") is not None else []
     seconds = number(body, "extend", settings.lease, minimum=0.001, maximum=24 * 3600)
     worker = field(body, "worker", str, required=False)
-    return json_response({"results": await store.heartbeat(items, seconds, worker), "lease_seconds": seconds})
+    info = field(body, "info", dict, required=False)
+    answer: dict[str, Any] = {"results": await store.heartbeat(items, seconds, worker), "lease_seconds": seconds}
+    if worker is not None:
+        if info is not None:
+            registered = await store.register_worker(worker_info({**info, "id": worker}))
+            answer["command"] = registered.get("command")
+        else:
+            with contextlib.suppress(NotFound):
+                answer["command"] = (await store.worker(worker)).get("command")
+    return json_response(answer)
 
 
 async def release_batch(request: web.Request) -> web.Response:
@@ -262,19 +305,37 @@ async def release_batch(request: web.Request) -> web.Response:
 
 
 WORKER_FIELDS = {"id": str, "host": str, "pid": int, "queues": list, "functions": list, "concurrency": int,
-                 "version": str, "status": str, "jobs_done": int, "jobs_failed": int}
+                 "version": str, "status": str, "jobs_done": int, "jobs_failed": int, "current": list,
+                 "cpu_seconds": (int, float), "rss_bytes": int}
+WORKER_STATUSES = ("running", "stopping", "stopped")
+
+
+def worker_info(body: dict[str, Any]) -> dict[str, Any]:
+    """A worker's registry entry from a request body, checked field by field."""
+    info = {name: field(body, name, kind, required=name == "id") for name, kind in WORKER_FIELDS.items()}
+    if not 1 <= len(info["id"]) <= 200:
+        raise InvalidRequest("id: a string of 1-200 characters is required", field="id")
+    for name in ("queues", "functions", "current"):
+        if info[name] is not None and not all(isinstance(x, str) for x in info[name]):
+            raise InvalidRequest(f"{name}: must be a list of strings", field=name)
+    if info["status"] is not None and info["status"] not in WORKER_STATUSES:
+        raise InvalidRequest(f"status: must be one of {', '.join(WORKER_STATUSES)}", field="status")
+    return {k: v for k, v in info.items() if v is not None}
 
 
 async def register_worker(request: web.Request) -> web.Response:
     store, _, _ = app_state(request)
     body = await read_object(request)
-    info = {name: field(body, name, kind, required=name == "id") for name, kind in WORKER_FIELDS.items()}
-    if not 1 <= len(info["id"]) <= 200:
-        raise InvalidRequest("id: a string of 1-200 characters is required", field="id")
-    for name in ("queues", "functions"):
-        if info[name] is not None and not all(isinstance(x, str) for x in info[name]):
-            raise InvalidRequest(f"{name}: must be a list of strings", field=name)
-    return json_response(await store.register_worker({k: v for k, v in info.items() if v is not None}), 201)
+    return json_response(await store.register_worker(worker_info(body)), 201)
+
+
+async def stop_worker(request: web.Request) -> web.Response:
+    """Ask a worker to drain: stop claiming, finish or release its jobs, exit."""
+    store, _, _ = app_state(request)
+    ident = request.match_info["id"]
+    if not 1 <= len(ident) <= 200:
+        raise InvalidRequest("id: not a worker id", field="id")
+    return json_response(await store.command_worker(ident, "stop"))
 
 
 async def list_workers(request: web.Request) -> web.Response:
@@ -322,7 +383,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     queue = query_str(request, "queue")
     if queue is not None:
         models.check_queue(queue)
-    ident = query_str(request, "job_id")
+    ident = query_str(request, "job") or query_str(request, "job_id")
     kinds_raw = query_str(request, "kind")
     kinds = set(kinds_raw.split(",")) if kinds_raw else None
     since_raw = query_str(request, "since")
@@ -342,10 +403,33 @@ async def events(request: web.Request) -> web.StreamResponse:
             found = [e for e in page if kinds is None or e["kind"] in kinds]
             remaining = deadline - time.monotonic()
             if found or remaining <= 0 or len(page) == limit:
-                return json_response({"events": found, "last_seq": page[-1]["seq"] if page else cursor})
+                last = page[-1]["seq"] if page else cursor
+                return json_response(found, headers={"X-Last-Seq": str(last)})
             await feed.next_batch(min(remaining, BACKSTOP))
         finally:
             hub.feeds.discard(feed)
+
+
+async def stats(request: web.Request) -> web.Response:
+    store, settings, _ = app_state(request)
+    window = query_float(request, "window", 300.0, minimum=1.0, maximum=7 * 86400)
+    answer = await store.stats(window)
+    now = models.now()
+    workers = await store.workers()
+    answer["workers"] = {"alive": sum(1 for w in workers if w.get("status") != "stopped"
+                                      and now - w["last_seen"] <= settings.worker_timeout),
+                         "total": len(workers)}
+    answer["throughput"] = answer["finished"] / window
+    return json_response(answer)
+
+
+async def prune(request: web.Request) -> web.Response:
+    store, _, _ = app_state(request)
+    body = await read_object(request)
+    older_than = number(body, "older_than", 0.0, minimum=0.0, maximum=100 * 365 * 86400)
+    if "older_than" not in body:
+        raise InvalidRequest("older_than: is required (seconds)", field="older_than")
+    return json_response({"deleted": await store.prune(older_than)})
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -363,7 +447,10 @@ ROUTES = [
     ("GET", "/api/v1/jobs/{id}", get_job),
     ("PATCH", "/api/v1/jobs/{id}", patch_job),
     ("POST", "/api/v1/jobs/{id}/abort", abort_job),
+    ("POST", "/api/v1/jobs/{id}/retry", retry_job),
     ("GET", "/api/v1/jobs/{id}/executions", job_executions),
+    ("GET", "/api/v1/jobs/{id}/logs", job_logs),
+    ("POST", "/api/v1/logs", post_logs),
     ("POST", "/api/v1/jobs/{id}/complete", job_complete),
     ("POST", "/api/v1/jobs/{id}/fail", job_fail),
     ("POST", "/api/v1/jobs/{id}/heartbeat", job_heartbeat),
@@ -378,6 +465,9 @@ ROUTES = [
     ("POST", "/api/v1/queues/{name}/resume", resume_queue),
     ("POST", "/api/v1/workers", register_worker),
     ("GET", "/api/v1/workers", list_workers),
+    ("POST", "/api/v1/workers/{id}/stop", stop_worker),
+    ("GET", "/api/v1/stats", stats),
+    ("POST", "/api/v1/prune", prune),
     ("GET", "/api/v1/events", events),
     ("GET", "/api/v1/openapi.json", openapi),
     ("GET", "/api/v1/health", health),

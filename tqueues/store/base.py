@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from .. import models
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, NotFound
 
 JOB_KEYS = (
     "id", "queue", "method", "args", "kwargs", "status", "priority", "run_at", "attempts",
@@ -45,6 +45,7 @@ JOB_KEYS = (
 EXECUTION_KEYS = ("job_id", "attempt", "worker", "status", "started_at", "finished_at", "error")
 MAX_CLAIM = 1000
 LOG_STREAMS = ("stdout", "stderr", "log")
+WORKER_COMMANDS = (None, "stop")
 MAX_LEASE = 24 * 3600.0
 
 
@@ -73,6 +74,10 @@ def ok(job: dict[str, Any]) -> dict[str, Any]:
 def conflict(job_id: str, code: str, message: str) -> dict[str, Any]:
     """One item of a batch answer that changed nothing."""
     return {"id": job_id, "ok": False, "error": {"code": code, "message": message}}
+
+
+def worker_not_found(worker_id: str) -> NotFound:
+    return NotFound(f"no worker has id {worker_id!r}", id=worker_id)
 
 
 class Subscription:
@@ -270,6 +275,18 @@ class Store(abc.ABC):
         """Every registered worker with ``last_seen``, newest first."""
         return await self._workers()
 
+    async def worker(self, worker_id: str) -> dict[str, Any]:
+        """One registered worker. Raises NotFound."""
+        return await self._worker(worker_id)
+
+    async def command_worker(self, worker_id: str, command: str | None) -> dict[str, Any]:
+        """Leave a command for a worker (``"stop"``: finish or release its jobs and exit), or
+        clear it with None. The worker reads it with its next heartbeat. Emits ``worker.updated``.
+        Raises NotFound for an unknown worker."""
+        if command not in WORKER_COMMANDS:
+            raise InvalidRequest(f"command: must be one of {', '.join(c for c in WORKER_COMMANDS if c)}", field="command")
+        return await self._command_worker(worker_id, command, models.now())
+
     # ------------------------------------------------------------------ queues
 
     async def queues(self) -> list[dict[str, Any]]:
@@ -409,6 +426,12 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def _workers(self) -> list[dict[str, Any]]: ...
+
+    @abc.abstractmethod
+    async def _worker(self, worker_id: str) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    async def _command_worker(self, worker_id: str, command: str | None, now: float) -> dict[str, Any]: ...
 
     @abc.abstractmethod
     async def _queues(self) -> list[dict[str, Any]]: ...

@@ -31,7 +31,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from .. import models
 from ..errors import ConfigurationError, Conflict, JobNotFound, LeaseConflict, StoreUnavailable, TQueuesError
-from .base import JOB_KEYS, Outcome, Store, conflict, ok, redact
+from .base import JOB_KEYS, Outcome, Store, conflict, ok, redact, worker_not_found
 
 try:  # imported lazily by open_store; the module itself needs the driver
     import asyncpg
@@ -719,6 +719,28 @@ class PostgresStore(Store):
             return [{**r["info"], "registered_at": r["registered_at"], "last_seen": r["last_seen"]} for r in rows]
 
         return await self._read(read)
+
+    async def _worker(self, worker_id: str) -> dict[str, Any]:
+        async def read(conn: Any) -> dict[str, Any]:
+            row = await conn.fetchrow("SELECT info, registered_at, last_seen FROM tqueues_workers WHERE id = $1", worker_id)
+            if row is None:
+                raise worker_not_found(worker_id)
+            return {**row["info"], "registered_at": row["registered_at"], "last_seen": row["last_seen"]}
+
+        return await self._read(read)
+
+    async def _command_worker(self, worker_id: str, command: str | None, now: float) -> dict[str, Any]:
+        async def op(tx: _Tx) -> dict[str, Any]:
+            row = await tx.conn.fetchrow(
+                "UPDATE tqueues_workers SET info = info || jsonb_build_object('command', $2::text) WHERE id = $1"
+                " RETURNING info, registered_at, last_seen", worker_id, command)
+            if row is None:
+                raise worker_not_found(worker_id)
+            doc = {**row["info"], "registered_at": row["registered_at"], "last_seen": row["last_seen"]}
+            tx.events.append((models.EV_WORKER, None, None, doc))
+            return doc
+
+        return await self._write(op)
 
     # ------------------------------------------------------------------ queues
 

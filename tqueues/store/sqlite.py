@@ -30,7 +30,7 @@ from urllib.parse import unquote, urlsplit
 
 from .. import models
 from ..errors import Conflict, ConfigurationError, InvalidRequest, JobNotFound, LeaseConflict, StoreUnavailable, TQueuesError
-from .base import JOB_KEYS, Outcome, Store, conflict, ok
+from .base import JOB_KEYS, Outcome, Store, conflict, ok, worker_not_found
 
 log = logging.getLogger("tqueues.store.sqlite")
 
@@ -666,6 +666,28 @@ class SQLiteStore(Store):
             return [{**models.loads(r[0]), "registered_at": r[1], "last_seen": r[2]} for r in rows]
 
         return await self._read(read)
+
+    async def _worker(self, worker_id: str) -> dict[str, Any]:
+        def read(conn: sqlite3.Connection) -> dict[str, Any]:
+            row = conn.execute("SELECT info, registered_at, last_seen FROM workers WHERE id = ?", (worker_id,)).fetchone()
+            if row is None:
+                raise worker_not_found(worker_id)
+            return {**models.loads(row[0]), "registered_at": row[1], "last_seen": row[2]}
+
+        return await self._read(read)
+
+    async def _command_worker(self, worker_id: str, command: str | None, now: float) -> dict[str, Any]:
+        def op(tx: _Tx) -> dict[str, Any]:
+            row = tx.conn.execute("SELECT info, registered_at, last_seen FROM workers WHERE id = ?", (worker_id,)).fetchone()
+            if row is None:
+                raise worker_not_found(worker_id)
+            info = {**models.loads(row[0]), "command": command}
+            tx.conn.execute("UPDATE workers SET info = ? WHERE id = ?", (models.dumps_str(info), worker_id))
+            doc = {**info, "registered_at": row[1], "last_seen": row[2]}
+            tx.events.append((models.EV_WORKER, None, None, doc))
+            return doc
+
+        return await self._write(op)
 
     # ------------------------------------------------------------------ queues
 

@@ -24,8 +24,6 @@ from .runner import ChildDied, RemoteError
 if TYPE_CHECKING:
     from .worker import Worker
 
-STOP_GRACE = 1.0   # seconds an async function gets to honour its cancellation
-
 
 def wants_job(fn: Callable[..., Any]) -> bool:
     """True when ``fn`` declares a ``tq_parent_job`` parameter."""
@@ -58,6 +56,7 @@ class Job:
         self.result: Any = None
         self.lost = False          # the lease was lost: aborted, re-leased or ended elsewhere
         self._inner: asyncio.Future[Any] | None = None
+        self._stop_requested = asyncio.Event()
 
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.method} attempt {self.attempt}>"
@@ -103,14 +102,27 @@ class Job:
         self.worker._log(self, line)
 
     async def _wait(self) -> Any:
-        assert self._inner is not None
-        done, _ = await asyncio.wait({self._inner}, timeout=self.timeout)
-        if not done:
-            self._inner.cancel()
-            await asyncio.wait({self._inner}, timeout=STOP_GRACE)
+        """The function's result; stop it at its timeout or when the lease is lost.
+
+        Stopping is cooperative first (a coroutine is cancelled, a child process gets SIGTERM,
+        which raises SystemExit inside the function), then forced after the worker's
+        ``stop_grace`` (the child is killed; a coroutine that ignores cancellation is abandoned).
+        """
+        inner = self._inner
+        assert inner is not None
+        stop = asyncio.ensure_future(self._stop_requested.wait())
+        try:
+            done, _ = await asyncio.wait({inner, stop}, timeout=self.timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if inner not in done:
+            inner.cancel()
+            await asyncio.wait({inner}, timeout=self.worker.stop_grace)
+            if self.lost:
+                raise JobAborted("the job's lease was lost (aborted or re-leased); it was stopped")
             raise JobTimeout(f"the job ran past its timeout of {self.timeout:g} s and was stopped")
         try:
-            self.result = self._inner.result()
+            self.result = inner.result()
         except asyncio.CancelledError:
             if self.lost:
                 raise JobAborted("the job's lease was lost (aborted or re-leased); it was stopped") from None
@@ -118,10 +130,10 @@ class Job:
         return self.result
 
     def lose(self) -> None:
-        """The dispatcher no longer holds this lease for us: stop the function, report nothing."""
+        """The dispatcher no longer holds this lease for us (aborted, re-leased): stop the
+        function and report nothing."""
         self.lost = True
-        if self._inner is not None and not self._inner.done():
-            self._inner.cancel()
+        self._stop_requested.set()
 
     # ------------------------------------------------------------------ context manager
 

@@ -23,7 +23,7 @@ from typing import Any, Callable
 from .. import models
 from . import capture
 
-KILL_GRACE = 1.0
+DEFAULT_GRACE = 3.0   # seconds a child gets to stop after SIGTERM before SIGKILL
 
 
 class RemoteError(Exception):
@@ -57,9 +57,19 @@ class ChildJob:
         self._conn.send(("update", models.to_jsonable(dict(data))))
 
 
+class _Stopped:
+    requested = False
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    """Stop the job cooperatively: SystemExit unwinds it (finally blocks run), then the child exits."""
+    _Stopped.requested = True
+    raise SystemExit("the job was stopped (timeout, abort or shutdown)")
+
+
 def _child_main(conn: multiprocessing.connection.Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, _on_sigterm)
     root = logging.getLogger()
     if not root.handlers and root.level == logging.WARNING:
         root.setLevel(logging.INFO)   # a job's info records are captured, as in the worker
@@ -82,6 +92,8 @@ def _child_main(conn: multiprocessing.connection.Connection) -> None:
                     answer = ("ok", models.to_jsonable(result))
                 except BaseException as exc:  # noqa: BLE001 - every failure is the job's result
                     answer = ("error", type(exc).__name__, str(exc), traceback.format_exc())
+        if _Stopped.requested:
+            return
         try:
             conn.send(answer)
         except (EOFError, OSError, BrokenPipeError):
@@ -95,11 +107,12 @@ class _Child:
         self.process.start()
         child_conn.close()
 
-    def kill(self) -> None:
+    def kill(self, grace: float = DEFAULT_GRACE) -> None:
+        """SIGTERM (the job may clean up), then SIGKILL after ``grace`` seconds."""
         with contextlib.suppress(Exception):
             if self.process.is_alive():
                 self.process.terminate()
-                self.process.join(KILL_GRACE)
+                self.process.join(grace)
             if self.process.is_alive():
                 self.process.kill()
             self.process.join(5)
@@ -110,7 +123,8 @@ class _Child:
 class ProcessPool:
     """Child processes for plain functions, started on demand, at most ``size`` at once."""
 
-    def __init__(self, size: int, method: str = "forkserver") -> None:
+    def __init__(self, size: int, method: str = "forkserver", grace: float = DEFAULT_GRACE) -> None:
+        self.grace = grace
         if method not in multiprocessing.get_all_start_methods():
             method = "spawn"
         self._ctx = multiprocessing.get_context(method)
@@ -157,13 +171,12 @@ class ProcessPool:
                 if healthy:
                     self._idle.append(child)
                 else:
-                    await asyncio.shield(loop.run_in_executor(self._threads, child.kill))
+                    await asyncio.shield(loop.run_in_executor(self._threads, child.kill, self.grace))
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
         children = self._idle + list(self._busy)
         self._idle.clear()
-        for child in children:
-            await loop.run_in_executor(self._threads, child.kill)
+        await asyncio.gather(*(loop.run_in_executor(self._threads, child.kill, self.grace) for child in children))
         self._threads.shutdown(wait=False, cancel_futures=True)
 

@@ -13,9 +13,12 @@ import contextlib
 import contextvars
 import logging
 import os
+import resource
 import socket
 import uuid
 from typing import Any, Callable, Iterable
+
+import aiohttp
 
 from .. import __version__, models
 from ..client import Client
@@ -38,7 +41,8 @@ class Worker:
     def __init__(self, endpoint_url: str, queues: Iterable[str] | str, *, registry: Registry | None = None,
                  functions: Iterable[Callable[..., Any]] = (), modules: Iterable[str] = (),
                  concurrency: int = 1, wait: float = 30.0, isolation: str = "process", grace: float = 30.0,
-                 timeout: float | None = None, worker_id: str | None = None, token: str | None = None) -> None:
+                 timeout: float | None = None, worker_id: str | None = None, token: str | None = None,
+                 stop_grace: float = 3.0) -> None:
         self.queues = [queues] if isinstance(queues, str) else list(queues)
         for queue in self.queues:
             models.check_queue(queue)
@@ -58,6 +62,7 @@ class Worker:
         self.wait = wait
         self.isolation = isolation
         self.grace = grace
+        self.stop_grace = stop_grace      # a stopped job's time to clean up before it is killed
         self.default_timeout = timeout
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.lease_seconds = 30.0
@@ -98,14 +103,20 @@ class Worker:
                 log.warning("dispatcher %s not reachable (%s); retrying in %.1f s", self.client.endpoint_url, exc, delay)
                 await self._sleep(delay)
                 delay = min(delay * 2, 5.0)
-        self._background = [asyncio.ensure_future(self._heartbeats()), asyncio.ensure_future(self._flusher())]
+        self._background = [asyncio.ensure_future(self._heartbeats()), asyncio.ensure_future(self._flusher()),
+                            asyncio.ensure_future(self._watch_aborts())]
         log.info("worker %s serving %s with %d slot(s); %d function(s) registered",
                  self.id, ", ".join(self.queues), self.concurrency, len(self.registry))
 
     def info(self, status: str) -> dict[str, Any]:
+        """This worker's registry entry: identity, capacity, counters, current jobs, CPU and memory."""
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
         return {"id": self.id, "host": socket.gethostname(), "pid": os.getpid(), "queues": self.queues,
                 "functions": self.registry.names(), "concurrency": self.concurrency, "version": __version__,
-                "status": status, "jobs_done": self.jobs_done, "jobs_failed": self.jobs_failed}
+                "status": status, "jobs_done": self.jobs_done, "jobs_failed": self.jobs_failed,
+                "current": sorted(self._held), "rss_bytes": _rss_bytes(),
+                "cpu_seconds": round(usage.ru_utime + usage.ru_stime + children.ru_utime + children.ru_stime, 3)}
 
     def stop(self) -> None:
         """Stop claiming; ``run_forever`` then finishes or releases what it holds and returns."""
@@ -243,7 +254,7 @@ class Worker:
             context = contextvars.copy_context()   # carries the job's log capture into the thread
             return await loop.run_in_executor(self._threads, lambda: context.run(fn, *job.args, **kwargs))
         if self._pool is None:
-            self._pool = ProcessPool(self.concurrency)
+            self._pool = ProcessPool(self.concurrency, grace=self.stop_grace)
         info = {"id": job.id, "queue": job.queue, "method": job.method, "attempt": job.attempt, "data": job.data}
         updates: list[asyncio.Future[None]] = []
 
@@ -344,10 +355,14 @@ class Worker:
             jobs = dict(self._held)
             try:
                 answer = await self.client.request("POST", "api/v1/heartbeat", timeout=max(self.lease_seconds / 2, 1), json={
-                    "worker": self.id, "leases": [{"id": j.id, "lease": j.lease} for j in jobs.values()]})
+                    "worker": self.id, "leases": [{"id": j.id, "lease": j.lease} for j in jobs.values()],
+                    "info": self.info("stopping" if self.stopping else "running")})
             except ClientError as exc:
                 log.warning("heartbeat failed: %s", exc)
                 continue
+            if answer.get("command") == "stop" and not self.stopping:
+                log.info("the dispatcher asked this worker to stop")
+                self.stop()
             for result in answer["results"]:
                 if not result["ok"]:
                     job = jobs.get(result["id"])
@@ -355,9 +370,45 @@ class Worker:
                         log.warning("%s: lease lost (%s); stopping it", job, result["error"]["message"])
                         job.lose()
 
+    async def _watch_aborts(self) -> None:
+        """Follow job.aborted events over a websocket so an abort stops a running job at once
+        (heartbeats would notice too, a third of a lease later)."""
+        since: int | None = None
+        delay = 0.5
+        while True:
+            params = {"kind": models.EV_ABORTED, **({"since": str(since)} if since is not None else {})}
+            try:
+                async with self.client.session.ws_connect(self.client.endpoint_url + "api/v1/events", params=params,
+                                                          headers=self.client.headers, heartbeat=30) as ws:
+                    delay = 0.5
+                    async for message in ws:
+                        if message.type != aiohttp.WSMsgType.TEXT:
+                            break
+                        event = models.loads(message.data)
+                        since = event["seq"]
+                        job = self._held.get(event["job_id"])
+                        if job is not None and not job.lost:
+                            log.info("%s was aborted; stopping it", job)
+                            job.lose()
+            except asyncio.CancelledError:
+                raise
+            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+                log.debug("abort feed: %s", exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
+
+
+def _rss_bytes() -> int:
+    """Resident memory of this process (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 class _ThreadJob:
