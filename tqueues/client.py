@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import Any, Callable, Coroutine, Iterable, Mapping, TypeVar
+from typing import Any, AsyncIterator, Callable, Coroutine, Iterable, Mapping, TypeVar
 
 import aiohttp
 
@@ -131,18 +131,60 @@ class Client:
     async def wait(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
         """Wait until the job ends (finished, failed or aborted) and return it.
 
-        The dispatcher holds each request until the job ends (no polling loop here).
-        Raises ClientError with code ``timeout`` when ``timeout`` seconds pass first.
+        Driven by the dispatcher's event feed for this job: no polling. Raises ClientError
+        with code ``timeout`` when ``timeout`` seconds pass first.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            remaining = 55.0 if deadline is None else min(55.0, deadline - time.monotonic())
-            job = await self.request("GET", f"api/v1/jobs/{job_id}", params={"wait": f"{max(remaining, 0):.3f}"},
-                                     timeout=max(remaining, 0) + self.timeout)
+        try:
+            return await asyncio.wait_for(self._wait_for_end(job_id), timeout)
+        except asyncio.TimeoutError:
+            raise ClientError(f"job {job_id} did not end within {timeout} s", status=0, code="timeout") from None
+
+    async def _wait_for_end(self, job_id: str) -> dict[str, Any]:
+        # Subscribe first, then read the job: an end between the two is seen either way.
+        async with self.watch(job=job_id) as events:
+            job = await self.get(job_id)
             if job["status"] in models.TERMINAL:
                 return job
-            if deadline is not None and time.monotonic() >= deadline:
-                raise ClientError(f"job {job_id} did not end within {timeout} s", status=0, code="timeout")
+            async for event in events:
+                doc = event["new_val"]
+                if event["kind"].startswith("job.") and isinstance(doc, dict) and doc.get("status") in models.TERMINAL:
+                    return doc
+        return await self.get(job_id)  # pragma: no cover - the feed never ends before the job
+
+    def watch(self, *, queue: str | None = None, job: str | None = None, kinds: Iterable[str] | None = None,
+              since: int | None = None) -> "EventFeed":
+        """Live events as an async iterator (``async with client.watch(queue="q") as events``).
+
+        Reconnects by itself, resuming from the last ``seq`` received, so nothing is missed
+        and nothing is repeated.
+        """
+        return EventFeed(self, queue=queue, job=job, kinds=list(kinds) if kinds else None, since=since)
+
+    async def logs(self, job_id: str, since: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+        """Captured output lines of a job with ``id`` greater than ``since``."""
+        return await self.request("GET", f"api/v1/jobs/{job_id}/logs", params={"since": str(since), "limit": str(limit)})
+
+    async def follow_logs(self, job_id: str) -> AsyncIterator[dict[str, Any]]:
+        """Every line of a job, past then live, until the job ends."""
+        async with self.watch(job=job_id) as events:
+            last = 0
+            while True:
+                page = await self.logs(job_id, since=last)
+                for line in page:
+                    last = line["id"]
+                    yield line
+                if len(page) < 1000:
+                    break
+            if (await self.get(job_id))["status"] in models.TERMINAL:
+                return
+            async for event in events:
+                if event["kind"] == models.EV_LOG:
+                    for line in event["new_val"]["lines"]:
+                        if line["id"] > last:
+                            last = line["id"]
+                            yield line
+                elif isinstance(event["new_val"], dict) and event["new_val"].get("status") in models.TERMINAL:
+                    return
 
     async def result(self, job_id: str, timeout: float | None = None) -> Any:
         """The job's result once it finished; JobFailed if it failed or was aborted."""
@@ -154,6 +196,9 @@ class Client:
 
     async def abort(self, job_id: str) -> dict[str, Any]:
         return await self.request("POST", f"api/v1/jobs/{job_id}/abort")
+
+    async def retry(self, job_id: str) -> dict[str, Any]:
+        return await self.request("POST", f"api/v1/jobs/{job_id}/retry")
 
     async def jobs(self, **filters: Any) -> list[dict[str, Any]]:
         params = {k: str(v) for k, v in filters.items() if v is not None}
@@ -182,8 +227,97 @@ class Client:
     async def workers(self) -> list[dict[str, Any]]:
         return (await self.request("GET", "api/v1/workers"))["workers"]
 
+    async def stop_worker(self, worker_id: str) -> dict[str, Any]:
+        return await self.request("POST", f"api/v1/workers/{worker_id}/stop")
+
+    async def stats(self, window: float = 300.0) -> dict[str, Any]:
+        return await self.request("GET", "api/v1/stats", params={"window": str(window)})
+
+    async def prune(self, older_than: float) -> int:
+        return (await self.request("POST", "api/v1/prune", json={"older_than": older_than}))["deleted"]
+
     async def health(self) -> dict[str, Any]:
         return await self.request("GET", "api/v1/health")
+
+    async def last_seq(self) -> int:
+        """The seq of the dispatcher's newest event."""
+        url = self.endpoint_url + "api/v1/events"
+        try:
+            async with self.session.get(url, headers=self._headers, timeout=aiohttp.ClientTimeout(total=self.timeout)) as response:
+                if response.status >= 400:
+                    await self.request("GET", "api/v1/events")   # raises the dispatcher's error
+                return int(response.headers.get("X-Last-Seq", "0"))
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise ClientError(f"GET {url}: {exc}", status=0, code="unreachable") from None
+
+
+class EventFeed:
+    """An async iterator of events over a websocket; reconnects and resumes from the last seq."""
+
+    def __init__(self, client: Client, *, queue: str | None, job: str | None, kinds: list[str] | None,
+                 since: int | None) -> None:
+        self._client = client
+        self._params: dict[str, str] = {}
+        if queue:
+            self._params["queue"] = queue
+        if job:
+            self._params["job"] = job
+        if kinds:
+            self._params["kind"] = ",".join(kinds)
+        self.last_seq = since
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+
+    async def __aenter__(self) -> "EventFeed":
+        await self._connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._ws is not None:
+            await self._ws.close()
+            self._ws = None
+
+    async def _connect(self) -> None:
+        url = self._client.endpoint_url + "api/v1/events"
+        if self.last_seq is None:
+            # Start from the dispatcher's newest seq, so a reconnect can resume from it.
+            self.last_seq = await self._client.last_seq()
+        params = {**self._params, "since": str(self.last_seq)}
+        try:
+            self._ws = await self._client.session.ws_connect(url, params=params, headers=self._client.headers,
+                                                             heartbeat=20, max_msg_size=0)
+        except aiohttp.WSServerHandshakeError as exc:
+            raise ClientError(f"GET {url}: websocket refused: HTTP {exc.status}", status=exc.status,
+                              code="websocket_refused") from None
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise ClientError(f"GET {url}: {exc}", status=0, code="unreachable") from None
+
+    def __aiter__(self) -> "EventFeed":
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        delay = 0.2
+        while True:
+            if self._ws is None:
+                try:
+                    await self._connect()
+                except ClientError as exc:
+                    if exc.status:   # refused: reconnecting will not help
+                        raise
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+            assert self._ws is not None
+            message = await self._ws.receive()
+            if message.type == aiohttp.WSMsgType.TEXT:
+                event = models.loads(message.data)
+                self.last_seq = event["seq"]
+                return event
+            # closed (slow subscriber, dispatcher restart, network): resume from the last seq
+            await self.close()
+            await asyncio.sleep(0.05)
 
 
 class SyncClient:

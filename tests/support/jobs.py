@@ -77,3 +77,45 @@ def progress_plain(steps: int, tq_parent_job: Any = None) -> int:
 
 def add_plain(a: int, b: int) -> int:
     return a + b
+
+
+async def chatty(tag: str, lines: int) -> int:
+    """Prints and logs interleaved with other jobs: each line must land on its own job."""
+    import logging
+
+    for i in range(lines):
+        print(f"{tag} out {i}")
+        logging.getLogger("jobs.chatty").warning("%s log %d", tag, i)
+        await asyncio.sleep(0.01)
+    import sys
+    print(f"{tag} err", file=sys.stderr)
+    return lines
+
+
+def chatty_plain(tag: str, lines: int) -> int:
+    import logging
+    import sys
+
+    for i in range(lines):
+        print(f"{tag} out {i}", flush=True)
+        logging.getLogger("jobs.chatty").warning("%s log %d", tag, i)
+        time.sleep(0.01)
+    print(f"{tag} err", file=sys.stderr)
+    return lines
+
+
+def stubborn(ledger: str) -> None:
+    """A plain function that refuses to stop: it swallows every attempt to interrupt it."""
+    append(ledger, f"start {os.getpid()}")
+    while True:
+        try:
+            time.sleep(1e9)
+        except BaseException:  # noqa: BLE001 - the point of this job
+            append(ledger, f"ignored {os.getpid()}")
+
+
+async def ticker(count: int, every: float) -> int:
+    for i in range(count):
+        print(f"tick {i}", flush=True)
+        await asyncio.sleep(every)
+    return count

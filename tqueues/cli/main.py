@@ -6,9 +6,18 @@ Usage:
   tqueues enqueue METHOD [ARG...] [--queue QUEUE] [--kwargs JSON] [--priority N] [--delay SECONDS]
                   [--max-attempts N] [--timeout SECONDS] [--key KEY] [--wait] [--json] [--endpoint_url URL]
   tqueues show JOB_ID [--json] [--endpoint_url URL]
-  tqueues jobs [--queue QUEUE] [--status STATUS] [--limit N] [--json] [--endpoint_url URL]
+  tqueues jobs [--queue QUEUE] [--status STATUS] [--method METHOD] [--limit N] [--json] [--endpoint_url URL]
+  tqueues logs JOB_ID [--follow] [--json] [--endpoint_url URL]
+  tqueues abort JOB_ID [--json] [--endpoint_url URL]
+  tqueues retry JOB_ID [--json] [--endpoint_url URL]
   tqueues queues [--json] [--endpoint_url URL]
+  tqueues pause QUEUE_NAME [--json] [--endpoint_url URL]
+  tqueues resume QUEUE_NAME [--json] [--endpoint_url URL]
   tqueues workers [--json] [--endpoint_url URL]
+  tqueues stop-worker WORKER_ID [--json] [--endpoint_url URL]
+  tqueues watch [--queue QUEUE] [--json] [--endpoint_url URL]
+  tqueues stats [--window SECONDS] [--json] [--endpoint_url URL]
+  tqueues prune --older-than AGE [--json] [--endpoint_url URL]
   tqueues -h | --help
   tqueues --version
 
@@ -22,14 +31,19 @@ Options:
   --timeout SECONDS    Stop the job after this long
   --key KEY            Idempotency key: enqueue once, however often this is repeated
   --status STATUS      pending, started, finished, failed or aborted
+  --method METHOD      Only jobs of this function
   --limit N            How many jobs to list [default: 20]
   --wait               Wait until the job ends and print it
+  --follow             Keep printing new lines until the job ends
+  --window SECONDS     How far back recent outcomes count [default: 300]
+  --older-than AGE     Age of ended jobs to delete: seconds, or with a unit: 30m, 12h, 7d
   --json               Print JSON instead of a table
   --db URL             Store for the demo (default: a throw-away SQLite file)
   -h --help            Show this screen
   --version            Show version
 
 ARG values are read as JSON when they parse as JSON (3, "x", [1,2]) and as strings otherwise.
+Errors print one line on stderr and exit non-zero.
 """
 
 from __future__ import annotations
@@ -109,14 +123,107 @@ async def show(client: Client, args: dict[str, Any]) -> int:
 
 
 async def jobs(client: Client, args: dict[str, Any]) -> int:
-    found = await client.jobs(queue=args["--queue"],
-                              status=args["--status"], limit=number(args, "--limit", minimum=1, integer=True))
+    found = await client.jobs(queue=args["--queue"], status=args["--status"], method=args["--method"],
+                              limit=number(args, "--limit", minimum=1, integer=True))
     if args["--json"]:
         print(models.dumps_str(found))
     else:
         print(table([{**j, "created": _when(j["created_at"])} for j in found],
                     ["id", "queue", "method", "status", "attempts", "created"]))
     return 0
+
+
+def print_line(line: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(models.dumps_str(line), flush=True)
+    else:
+        stamp = datetime.datetime.fromtimestamp(line["ts"]).strftime("%H:%M:%S.%f")[:-3]
+        print(f"{stamp} #{line['attempt']} {line['stream']:<6} {line['line']}", flush=True)
+
+
+async def logs(client: Client, args: dict[str, Any]) -> int:
+    if args["--follow"]:
+        async for line in client.follow_logs(args["JOB_ID"]):
+            print_line(line, args["--json"])
+        return 0
+    last = 0
+    while True:
+        page = await client.logs(args["JOB_ID"], since=last)
+        for line in page:
+            print_line(line, args["--json"])
+            last = line["id"]
+        if len(page) < 1000:
+            return 0
+
+
+async def abort(client: Client, args: dict[str, Any]) -> int:
+    job = await client.abort(args["JOB_ID"])
+    print(models.dumps_str(job) if args["--json"] else f"{job['id']} {job['status']}")
+    return 0
+
+
+async def retry(client: Client, args: dict[str, Any]) -> int:
+    job = await client.retry(args["JOB_ID"])
+    print(models.dumps_str(job) if args["--json"] else f"{job['id']} {job['status']}")
+    return 0
+
+
+async def pause(client: Client, args: dict[str, Any]) -> int:
+    queue = await client.pause(args["QUEUE_NAME"])
+    print(models.dumps_str(queue) if args["--json"] else f"{queue['name']} paused")
+    return 0
+
+
+async def resume(client: Client, args: dict[str, Any]) -> int:
+    queue = await client.resume(args["QUEUE_NAME"])
+    print(models.dumps_str(queue) if args["--json"] else f"{queue['name']} resumed")
+    return 0
+
+
+async def stop_worker(client: Client, args: dict[str, Any]) -> int:
+    worker = await client.stop_worker(args["WORKER_ID"])
+    print(models.dumps_str(worker) if args["--json"] else f"{worker['id']} asked to stop")
+    return 0
+
+
+async def stats(client: Client, args: dict[str, Any]) -> int:
+    found = await client.stats(number(args, "--window", minimum=1))
+    if args["--json"]:
+        print(models.dumps_str(found))
+        return 0
+    counts = found["counts"]
+    print("  ".join(f"{status} {counts[status]}" for status in models.STATUSES))
+    print(f"last {found['window']:g} s: {found['finished']} finished, {found['failed']} failed"
+          f" ({found['throughput']:.1f} jobs/s); workers alive {found['workers']['alive']} of {found['workers']['total']}")
+    return 0
+
+
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_age(text: str) -> float:
+    raw = text.strip().lower()
+    unit = UNITS.get(raw[-1:]) if raw[-1:].isalpha() else 1
+    number_part = raw[:-1] if raw[-1:].isalpha() else raw
+    try:
+        value = float(number_part) * (unit or 0)
+    except ValueError:
+        value = -1
+    if not unit or not value >= 0 or value != value:
+        raise UsageError(f"--older-than must be seconds or a number with s, m, h, d or w, not {text!r}")
+    return value
+
+
+async def prune(client: Client, args: dict[str, Any]) -> int:
+    deleted = await client.prune(parse_age(args["--older-than"]))
+    print(models.dumps_str({"deleted": deleted}) if args["--json"] else f"{deleted} job(s) deleted")
+    return 0
+
+
+async def watch(client: Client, args: dict[str, Any]) -> int:
+    from .watch import watch as run_watch
+
+    return await run_watch(client, args["--queue"], args["--json"])
 
 
 async def queues(client: Client, args: dict[str, Any]) -> int:
@@ -154,7 +261,9 @@ def init_db(url: str) -> int:
 
 
 COMMANDS: dict[str, Callable[[Client, dict[str, Any]], Awaitable[int]]] = {
-    "enqueue": enqueue, "show": show, "jobs": jobs, "queues": queues, "workers": workers,
+    "enqueue": enqueue, "show": show, "jobs": jobs, "logs": logs, "abort": abort, "retry": retry,
+    "queues": queues, "pause": pause, "resume": resume, "workers": workers, "stop-worker": stop_worker,
+    "watch": watch, "stats": stats, "prune": prune,
 }
 
 

@@ -13,6 +13,8 @@ Options:
   --isolation KIND       Where plain functions run: process (stoppable) or thread [default: process]
   --timeout SECONDS      Timeout for jobs that set none
   --grace SECONDS        On SIGTERM, how long running jobs may take to finish [default: 30]
+  --stop-grace SECONDS   How long a job stopped by its timeout or an abort may clean up before
+                         it is killed [default: 3]
   --wait SECONDS         Long-poll duration of a claim [default: 30]
   --token TOKEN          Bearer token for the dispatcher [default: ]
   --loglevel LEVEL       DEBUG, INFO, WARNING or ERROR [default: INFO]
@@ -48,6 +50,7 @@ def build(args: dict[str, Any]) -> Worker:
                   concurrency=number(args, "--concurrency", minimum=1, integer=True),
                   isolation=args["--isolation"], grace=number(args, "--grace"),
                   wait=number(args, "--wait"), timeout=number(args, "--timeout", minimum=0.001),
+                  stop_grace=number(args, "--stop-grace"),
                   token=args["--token"] or os.environ.get("TQUEUES_TOKEN") or None)
 
 

@@ -703,11 +703,12 @@ class PostgresStore(Store):
     async def _register_worker(self, info: dict[str, Any], now: float) -> dict[str, Any]:
         async def op(tx: _Tx) -> dict[str, Any]:
             # A worker registering again keeps its first registered_at: answer with the stored one.
-            registered_at = await tx.conn.fetchval(
+            # Fields not sent again (a pending command) are kept.
+            row = await tx.conn.fetchrow(
                 "INSERT INTO tqueues_workers (id, info, registered_at, last_seen) VALUES ($1, $2, $3, $3)"
-                " ON CONFLICT (id) DO UPDATE SET info = excluded.info, last_seen = excluded.last_seen"
-                " RETURNING registered_at", info["id"], info, now)
-            doc = {**info, "registered_at": registered_at, "last_seen": now}
+                " ON CONFLICT (id) DO UPDATE SET info = tqueues_workers.info || excluded.info, last_seen = excluded.last_seen"
+                " RETURNING registered_at, info", info["id"], info, now)
+            doc = {**row["info"], "registered_at": row["registered_at"], "last_seen": now}
             tx.events.append((models.EV_WORKER, None, None, doc))
             return doc
 

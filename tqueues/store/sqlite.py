@@ -649,12 +649,15 @@ class SQLiteStore(Store):
     async def _register_worker(self, info: dict[str, Any], now: float) -> dict[str, Any]:
         def op(tx: _Tx) -> dict[str, Any]:
             # A worker registering again keeps its first registered_at: answer with the stored one.
-            (registered_at,) = tx.conn.execute(
+            # JSON null values would delete keys in json_patch: drop them first.
+            info_ = {k: v for k, v in info.items() if v is not None}
+            # Fields not sent again (a pending command) are kept.
+            registered_at, merged = tx.conn.execute(
                 "INSERT INTO workers (id, info, registered_at, last_seen) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (id) DO UPDATE SET info = excluded.info, last_seen = excluded.last_seen"
-                " RETURNING registered_at",
-                (info["id"], models.dumps_str(info), now, now)).fetchone()
-            doc = {**info, "registered_at": registered_at, "last_seen": now}
+                " ON CONFLICT (id) DO UPDATE SET info = json_patch(workers.info, excluded.info), last_seen = excluded.last_seen"
+                " RETURNING registered_at, info",
+                (info_["id"], models.dumps_str(info_), now, now)).fetchone()
+            doc = {**models.loads(merged), "registered_at": registered_at, "last_seen": now}
             tx.events.append((models.EV_WORKER, None, None, doc))
             return doc
 
