@@ -21,7 +21,7 @@ from tqueues.store import Store, open_store
 T = TypeVar("T")
 
 # Every backend the contract suite runs on; a backend is added here once it exists.
-BACKENDS = os.environ.get("TQUEUES_TEST_BACKENDS", "sqlite").split(",")
+BACKENDS = os.environ.get("TQUEUES_TEST_BACKENDS", "sqlite,postgresql").split(",")
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
