@@ -139,6 +139,8 @@ class Client:
         except asyncio.TimeoutError:
             raise ClientError(f"job {job_id} did not end within {timeout} s", status=0, code="timeout") from None
 
+    join = wait
+
     async def _wait_for_end(self, job_id: str) -> dict[str, Any]:
         # Subscribe first, then read the job: an end between the two is seen either way.
         async with self.watch(job=job_id) as events:

@@ -150,20 +150,25 @@ async def test_cli_logs_follow_prints_lines_as_they_happen(cluster: Cluster) -> 
     url = cluster.start_dispatcher()
     cluster.worker("follow")
     async with Client(url) as client:
-        job = await client.enqueue("support.jobs:ticker", 8, 0.4, queue="follow")
+        job = await client.enqueue("support.jobs:ticker", 20, 0.4, queue="follow")
         proc = subprocess.Popen([sys.executable, "-m", "tqueues.cli.main", "--endpoint_url", url, "logs", job["id"], "--follow"],
                                 stdout=subprocess.PIPE, text=True, env=env())
-        assert proc.stdout is not None
-        first = await asyncio.get_running_loop().run_in_executor(None, proc.stdout.readline)
-        # The first line arrives while the job still runs
-        assert "tick 0" in first
-        assert (await client.get(job["id"]))["status"] == "started"
-        rest, _ = await asyncio.get_running_loop().run_in_executor(None, proc.communicate)
-        assert proc.returncode == 0
-        assert [line.split()[-1] for line in [first, *rest.splitlines()]] == [str(i) for i in range(8)]
+        try:
+            assert proc.stdout is not None
+            first = await asyncio.get_running_loop().run_in_executor(None, proc.stdout.readline)
+            # The first line arrives while the job still runs (it runs for 8 s)
+            assert "tick 0" in first
+            assert (await client.get(job["id"]))["status"] == "started"
+            rest, _ = await asyncio.get_running_loop().run_in_executor(None, proc.communicate)
+            assert proc.returncode == 0
+            assert [line.split()[-1] for line in [first, *rest.splitlines()]] == [str(i) for i in range(20)]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
     # and the non-follow form prints the stored lines
     result = run_cli("logs", job["id"], "--endpoint_url", url, "--json")
-    assert [json.loads(l)["line"] for l in result.stdout.splitlines()] == [f"tick {i}" for i in range(8)]
+    assert [json.loads(l)["line"] for l in result.stdout.splitlines()] == [f"tick {i}" for i in range(20)]
 
 
 async def test_cli_watch_redraws_a_live_table_in_a_terminal(cluster: Cluster) -> None:

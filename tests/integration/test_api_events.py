@@ -184,3 +184,21 @@ async def test_given_an_event_seq_when_a_websocket_connects_since_it_then_only_l
         assert (event["kind"], event["job_id"], event["seq"]) == ("job.created", later["id"], since + 1)
         with pytest.raises(asyncio.TimeoutError):
             await ws.receive(timeout=0.1)
+
+
+async def test_given_pending_jobs_when_a_feed_asks_for_the_initial_state_then_it_gets_them_first(server: Server) -> None:
+    a = await enqueue(server, queue="snap")
+    b = await enqueue(server, queue="snap")
+    await enqueue(server, queue="elsewhere")
+    async with aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(server.url + "api/v1/events?queue=snap&initial=true")
+        first = await receive(ws, 2)
+        assert {(e["kind"], e["job_id"]) for e in first} == {("job.initial", a["id"]), ("job.initial", b["id"])}
+        assert all(e["new_val"]["status"] == "pending" for e in first)
+        c = await enqueue(server, queue="snap")
+        (live,) = await receive(ws, 1)
+        assert (live["kind"], live["job_id"]) == ("job.created", c["id"]) and live["seq"] > first[0]["seq"]
+        await ws.close()
+        bad = await session.get(server.url + "api/v1/events?initial=maybe", headers={"Upgrade": "websocket", "Connection": "Upgrade",
+                                                                                   "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+        assert bad.status == 400

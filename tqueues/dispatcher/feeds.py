@@ -11,6 +11,7 @@ from typing import Any, Iterable
 from aiohttp import web
 
 from .. import models
+from ..errors import NotFound
 from ..store import Store
 
 log = logging.getLogger("tqueues.dispatcher.feeds")
@@ -157,15 +158,41 @@ class Hub:
                 sub.close()
 
 
+INITIAL = "job.initial"
+INITIAL_LIMIT = 1000
+
+
+async def snapshot(store: Any, feed: Feed) -> list[dict[str, Any]]:
+    """The current documents a new subscriber starts from: the job it follows, or the
+    pending and started jobs of its queue (at most INITIAL_LIMIT of each)."""
+    if feed.job_id is not None:
+        try:
+            return [await store.get(feed.job_id)]
+        except NotFound:
+            return []
+    jobs: list[dict[str, Any]] = []
+    for status in (models.STARTED, models.PENDING):
+        jobs.extend(await store.list_jobs(queue=feed.queue, status=status, limit=INITIAL_LIMIT))
+    return jobs
+
+
 async def run_feed(request: web.Request, hub: Hub, feed: Feed, since: int | None,
-                   documents_only: bool, heartbeat: float = 20.0) -> web.WebSocketResponse:
-    """Serve one websocket: replay from ``since`` (no gap, no duplicate), then live events."""
+                   documents_only: bool, heartbeat: float = 20.0, initial: bool = False) -> web.WebSocketResponse:
+    """Serve one websocket: the current documents first when ``initial`` (as RethinkDB's
+    ``include_initial``), a replay from ``since`` (no gap, no duplicate), then live events."""
     ws = web.WebSocketResponse(heartbeat=heartbeat, max_msg_size=64 * 1024)
     await ws.prepare(request)
     hub.feeds.add(feed)
     reader = asyncio.ensure_future(_drain_incoming(ws))
     reader.add_done_callback(lambda _: feed.ready.set())   # a closed client ends the loop now, not at its next poll
     try:
+        if initial:
+            # The snapshot is read after the cursor: changes made meanwhile are replayed after it.
+            if since is None:
+                since = await hub.store.last_seq()
+            for doc in await snapshot(hub.store, feed):
+                await _send(ws, {"seq": since, "ts": models.now(), "kind": INITIAL, "queue": doc["queue"],
+                                 "job_id": doc["id"], "new_val": doc}, documents_only)
         if since is not None:
             # Replay stored events; live events buffered meanwhile are deduplicated by seq below.
             # (Not against feed.last_seq: a live event pushed during the replay raises it and

@@ -389,7 +389,11 @@ async def events(request: web.Request) -> web.StreamResponse:
     since_raw = query_str(request, "since")
     since = query_int(request, "since", 0, minimum=0, maximum=2**62) if since_raw is not None else None
     if request.headers.get("Upgrade", "").lower() == "websocket":
-        return await run_feed(request, hub, Feed(queue=queue, job_id=ident, kinds=kinds), since, documents_only=False)
+        initial = (query_str(request, "initial") or "false").lower()
+        if initial not in ("true", "false", "1", "0"):
+            raise InvalidRequest("initial: must be true or false", field="initial")
+        return await run_feed(request, hub, Feed(queue=queue, job_id=ident, kinds=kinds), since, documents_only=False,
+                              initial=initial in ("true", "1"))
     limit = query_int(request, "limit", 1000, minimum=1, maximum=10_000)
     wait = query_float(request, "wait", 0.0, minimum=0.0, maximum=settings.max_wait)
     cursor = since if since is not None else await store.last_seq()
