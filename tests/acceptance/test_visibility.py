@@ -62,6 +62,8 @@ async def test_given_two_concurrent_jobs_that_print_then_each_line_lands_on_its_
             assert [l.split(": ", 1)[1] for l in by_stream["log"]] == [f"{tag} log {i}" for i in range(20)]
             assert all(l["attempt"] == 1 for l in lines)
             assert [l["id"] for l in lines] == sorted(l["id"] for l in lines)
+            (execution,) = await client.request("GET", f"api/v1/jobs/{job['id']}/executions", params={"logs": "true"})
+            assert execution["status"] == "finished" and execution["logs"] == lines
 
 
 async def test_given_a_plain_function_ignoring_cancellation_when_aborted_then_it_ends_within_the_grace(cluster: Cluster) -> None:

@@ -181,6 +181,7 @@ case(R, "job already finished", 409, setup="finished", code="conflict")
 R = "GET /api/v1/jobs/{id}/executions"
 case(R, "unknown id", 404, path=f"/api/v1/jobs/{UNKNOWN}/executions", code="job_not_found")
 case(R, "id too long", 400, path="/api/v1/jobs/" + "x" * 65 + "/executions")
+case(R, "logs not a boolean", 400, path="/api/v1/jobs/{job}/executions?logs=maybe", setup="pending")
 
 R = "GET /api/v1/jobs/{id}/logs"
 case(R, "unknown id", 404, path=f"/api/v1/jobs/{UNKNOWN}/logs", code="job_not_found")

@@ -187,7 +187,16 @@ async def abort_job(request: web.Request) -> web.Response:
 
 async def job_executions(request: web.Request) -> web.Response:
     store, _, _ = app_state(request)
-    return json_response(await store.executions(job_id(request)))
+    ident = job_id(request)
+    with_logs = (query_str(request, "logs") or "false").lower()
+    if with_logs not in ("true", "false", "1", "0"):
+        raise InvalidRequest("logs: must be true or false", field="logs")
+    executions = await store.executions(ident)
+    if with_logs in ("true", "1"):
+        lines = await store.logs(ident, 0, 10_000)
+        for execution in executions:
+            execution["logs"] = [line for line in lines if line["attempt"] == execution["attempt"]]
+    return json_response(executions)
 
 
 async def job_logs(request: web.Request) -> web.Response:
