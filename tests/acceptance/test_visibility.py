@@ -167,7 +167,9 @@ async def test_cli_logs_follow_prints_lines_as_they_happen(cluster: Cluster) -> 
         finally:
             if proc.poll() is None:
                 proc.kill()
-            proc.communicate()
+            proc.wait(10)
+            if proc.stdout is not None:
+                proc.stdout.close()
     # and the non-follow form prints the stored lines
     result = run_cli("logs", job["id"], "--endpoint_url", url, "--json")
     assert [json.loads(l)["line"] for l in result.stdout.splitlines()] == [f"tick {i}" for i in range(20)]

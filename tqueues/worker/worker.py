@@ -282,7 +282,7 @@ class Worker:
             self._logs_dropped += 1
             return
         self._logs.append({"job_id": job.id, **line})
-        if len(self._logs) >= LOG_BATCH:
+        if len(self._logs) == 1 or len(self._logs) >= LOG_BATCH:
             self._outcome_ready.set()
 
     def _report(self, job: Job, outcome: dict[str, Any]) -> None:
@@ -291,10 +291,14 @@ class Worker:
 
     async def _flusher(self) -> None:
         while True:
-            # Outcomes go at once; captured lines at least every LOG_INTERVAL while jobs print.
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._outcome_ready.wait(), LOG_INTERVAL if self._logs else None)
-            self._outcome_ready.clear()
+            # Outcomes go at once; captured lines within LOG_INTERVAL of the first one waiting.
+            if not self._outcomes:
+                timeout = LOG_INTERVAL if self._logs else None
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._outcome_ready.wait(), timeout)
+                self._outcome_ready.clear()
+                if self._logs and not self._outcomes and len(self._logs) < LOG_BATCH and timeout is None:
+                    continue   # woken by a first line: give it LOG_INTERVAL to gather company
             await self._flush_all()
 
     async def _flush_logs(self) -> None:
