@@ -55,6 +55,13 @@ class NoJobAvailable(NotFound):
     code = "no_job_available"
 
 
+class MethodNotRegistered(TQueuesError):
+    """This queue is strict: no worker serving it has registered that method."""
+
+    status = 422
+    code = "method_not_registered"
+
+
 class Conflict(TQueuesError):
     """The object changed in the meantime; nothing was modified."""
 

@@ -71,8 +71,9 @@ MAX_BACKOFF = 3600.0
 
 JOB_FIELDS = frozenset({
     "queue", "method", "args", "kwargs", "priority", "run_at", "delay", "max_attempts",
-    "timeout", "key", "backoff", "data",
+    "timeout", "key", "backoff", "data", "secrets",
 })
+REDACTED = "***"
 
 
 def now() -> float:
@@ -177,6 +178,7 @@ class NewJob:
     key: str | None = None
     backoff: float = DEFAULT_BACKOFF
     data: dict[str, Any] = field(default_factory=dict)
+    secrets: list[str] = field(default_factory=list)
 
     @classmethod
     def from_json(cls, obj: Any, *, default_queue: str | None = None) -> "NewJob":
@@ -223,6 +225,11 @@ class NewJob:
             if not isinstance(key, str) or not key or len(key) > MAX_KEY_LEN:
                 raise _bad("key", f"a string of 1-{MAX_KEY_LEN} characters is required")
             job.key = key
+        secrets = obj.get("secrets")
+        if secrets is not None:
+            if not isinstance(secrets, list) or not all(isinstance(k, str) for k in secrets) or len(secrets) > 100:
+                raise _bad("secrets", "a list of keyword-argument names is required")
+            job.secrets = sorted(set(secrets))
         data = obj.get("data")
         if data is not None:
             if not isinstance(data, dict):
@@ -259,6 +266,29 @@ def parse_jobs(body: Any, *, default_queue: str | None = None) -> tuple[list[New
                 exc.args = (exc.message,)
             raise
     return jobs, batch
+
+
+def public_job(doc: dict[str, Any]) -> dict[str, Any]:
+    """A job document as shown to anyone but the worker holding it: no lease token, and the
+    keyword arguments named in ``secrets`` replaced by ``***``."""
+    secrets = doc.get("secrets")
+    if doc.get("lease") is None and not secrets:
+        return doc
+    out = dict(doc)
+    out["lease"] = None
+    if secrets and isinstance(doc.get("kwargs"), dict):
+        out["kwargs"] = {k: (REDACTED if k in secrets else v) for k, v in doc["kwargs"].items()}
+    return out
+
+
+def public_event(event: dict[str, Any]) -> dict[str, Any]:
+    """An event with its job document made public (see :func:`public_job`)."""
+    doc = event.get("new_val")
+    if isinstance(doc, dict) and event.get("kind", "").startswith("job.") and "method" in doc:
+        shown = public_job(doc)
+        if shown is not doc:
+            return {**event, "new_val": shown}
+    return event
 
 
 def backoff_delay(base: float, attempt: int, rand: float) -> float:

@@ -48,10 +48,10 @@ async def test_given_jobs_in_several_states_when_queues_are_listed_then_counts_a
 async def test_given_a_new_queue_name_when_put_then_the_queue_exists_empty_and_settings_apply(server: Server) -> None:
     # When a queue is created with PUT and no body
     status, made = await server.call("PUT", "/api/v1/queues/reports")
-    assert status == 200 and made == {"name": "reports", "paused": False}
+    assert status == 200 and made == {"name": "reports", "paused": False, "strict": False}
     # And PUT again with a setting
     status, changed = await server.call("PUT", "/api/v1/queues/reports", json={"paused": True})
-    assert status == 200 and changed == {"name": "reports", "paused": True}
+    assert status == 200 and changed == {"name": "reports", "paused": True, "strict": False}
     # Then it is listed, paused, with no jobs
     status, body = await server.call("GET", "/api/v1/queues")
     reports = by_name(body["queues"])["reports"]

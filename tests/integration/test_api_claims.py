@@ -295,7 +295,7 @@ async def test_given_an_expired_lease_that_was_reissued_when_the_old_holder_repo
 async def test_given_a_paused_queue_when_claimed_then_nothing_is_handed_out_until_resumed(server: Server) -> None:
     job = await enqueue(server)
     status, paused = await server.call("POST", "/api/v1/queues/q/pause")
-    assert status == 200 and paused == {"name": "q", "paused": True}
+    assert status == 200 and paused == {"name": "q", "paused": True, "strict": False}
     assert await claim(server) == []
     # Given a claim waiting on the paused queue
     waiting = asyncio.ensure_future(timed(claim(server, wait=5)))

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from ..errors import StoreUnavailable, TQueuesError
 from ..store import Store
+from . import auth
 from .feeds import Hub
 from .http import error_response, json_response
 
@@ -34,11 +35,19 @@ class Settings:
     max_body: int = 16 * 1024 * 1024     # bytes
     allowed_domains: list[str] = field(default_factory=list)
     open_store: bool = True              # open (and close) the store with the app
+    auth: bool = False                   # require a token on every route but the health check
+    tokens_file: str | None = None       # extra tokens, JSON (see auth.load_tokens_file)
+    jwt_public_key: str | None = None    # PEM file: accept RS256 JWTs signed by its private key
+    jwt_audience: str = "tqueues"
+    rate_limit: float = 0.0              # requests per second per principal (0: no limit)
+    rate_burst: float = 0.0              # bucket size (default: twice the rate)
 
 
 STORE: web.AppKey[Store] = web.AppKey("store", Store)
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
 HUB: web.AppKey[Hub] = web.AppKey("hub", Hub)
+AUTH: web.AppKey[auth.Authenticator] = web.AppKey("auth", auth.Authenticator)
+LIMITER: web.AppKey[auth.RateLimiter] = web.AppKey("limiter", auth.RateLimiter)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -50,6 +59,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return await handler(request)
     except StoreUnavailable as exc:
         return error_response(503, exc.code, exc.message, headers={"Retry-After": "1"})
+    except auth.RateLimited as exc:
+        return error_response(429, exc.code, exc.message, headers={"Retry-After": auth.retry_after_header(exc)})
+    except auth.Unauthorized as exc:
+        return error_response(401, exc.code, exc.message, headers={"WWW-Authenticate": 'Bearer realm="tqueues"'})
     except TQueuesError as exc:
         # Not error_response(..., **details): a detail named like one of its parameters
         # (Conflict(status=<job status>) from abort) would collide and escape as a 500.
@@ -71,37 +84,80 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 @web.middleware
 async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """CORS for the origins named by ``--allowed_domains`` (none by default)."""
+    """CORS for the origins named by ``--allowed_domains`` (none by default).
+
+    A listed origin is echoed with ``Access-Control-Allow-Credentials``; ``*`` allows any
+    origin but never with credentials.
+    """
     settings = request.app[SETTINGS]
     origin = request.headers.get("Origin")
-    allowed = origin is not None and origin_allowed(origin, settings.allowed_domains)
-    if request.method == "OPTIONS" and allowed and "Access-Control-Request-Method" in request.headers:
+    listed = origin is not None and origin_allowed(origin, settings.allowed_domains)
+    wildcard = origin is not None and not listed and "*" in settings.allowed_domains
+    if request.method == "OPTIONS" and (listed or wildcard) and "Access-Control-Request-Method" in request.headers:
         response: web.StreamResponse = web.Response(status=204)
         response.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
         response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
         response.headers["Access-Control-Max-Age"] = "600"
     else:
         response = await handler(request)
-    if allowed and not response.prepared:
-        response.headers["Access-Control-Allow-Origin"] = origin  # type: ignore[assignment]
-        response.headers["Vary"] = "Origin"
+    if not response.prepared:
+        if listed:
+            response.headers["Access-Control-Allow-Origin"] = origin  # type: ignore[assignment]
+            response.headers["Access-Control-Allow-Credentials"] = "true"
+            response.headers["Vary"] = "Origin"
+        elif wildcard:
+            response.headers["Access-Control-Allow-Origin"] = "*"
     return response
 
 
 def origin_allowed(origin: str, allowed: list[str]) -> bool:
-    """True when ``origin``'s host is one of ``allowed`` (host names, or full origins)."""
+    """True when ``origin`` is listed in ``allowed`` (as a host name or a full origin; ``*`` is
+    not a listing)."""
     host = origin.split("://", 1)[-1].split(":", 1)[0].lower()
     for entry in allowed:
         entry = entry.strip().lower()
-        if entry and (entry == origin.lower() or entry == host):
+        if entry and entry != "*" and (entry == origin.lower() or entry == host):
             return True
     return False
+
+
+def same_origin(request: web.Request, origin: str) -> bool:
+    """True when ``origin`` is this dispatcher itself (its dashboard)."""
+    return origin.split("://", 1)[-1].lower() == request.host.lower()
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Origins of websocket upgrades, then authentication, route scopes and rate limits."""
+    if request.path.startswith(auth.OPEN_PREFIXES):
+        return await handler(request)
+    settings = request.app[SETTINGS]
+    websocket = request.headers.get("Upgrade", "").lower() == "websocket"
+    origin = request.headers.get("Origin")
+    if websocket and origin is not None and not (
+            same_origin(request, origin) or origin_allowed(origin, settings.allowed_domains)
+            or "*" in settings.allowed_domains):
+        raise auth.Forbidden("websocket connections from this origin are not allowed (see --allowed_domains)")
+    resource = request.match_info.route.resource
+    key = (request.method, resource.canonical if resource is not None else "")
+    scopes = auth.ROUTE_SCOPES.get(key, auth.SCOPES)
+    if scopes is None:
+        return await handler(request)
+    principal = await request.app[AUTH].authenticate(auth.bearer(request.headers, request.query, websocket))
+    if not principal.has(*scopes):
+        raise auth.Forbidden(f"this token lacks the {' or '.join(scopes)} scope")
+    request.app[LIMITER].check(principal.id if principal.kind != "anonymous" else f"addr:{request.remote}")
+    request[auth.PRINCIPAL] = principal
+    return await handler(request)
 
 
 async def _hub_ctx(app: web.Application) -> AsyncIterator[None]:
     store = app[STORE]
     if app[SETTINGS].open_store:
         await store.open()
+    from .views import STRICT_QUEUES
+
+    await app[STRICT_QUEUES].load(store)
     task = asyncio.ensure_future(app[HUB].run())
     reaper = asyncio.ensure_future(_reap(app))
     try:
@@ -134,10 +190,19 @@ def create_app(store: Store, settings: Settings | None = None) -> web.Applicatio
     from . import compat, views
 
     settings = settings or Settings()
-    app = web.Application(middlewares=[cors_middleware, errors_middleware], client_max_size=settings.max_body)
+    app = web.Application(middlewares=[cors_middleware, errors_middleware, auth_middleware],
+                          client_max_size=settings.max_body)
     app[STORE] = store
     app[SETTINGS] = settings
     app[HUB] = Hub(store)
+    app[AUTH] = auth.Authenticator(
+        store, enabled=settings.auth,
+        file_tokens=auth.load_tokens_file(settings.tokens_file) if settings.tokens_file else {},
+        jwt_key=auth.load_public_key(settings.jwt_public_key) if settings.jwt_public_key else None,
+        jwt_audience=settings.jwt_audience)
+    app[LIMITER] = auth.RateLimiter(settings.rate_limit, settings.rate_burst or 2 * settings.rate_limit)
+    app[views.STRICT_QUEUES] = views.StrictQueues()
+    app[HUB].observers.append(app[views.STRICT_QUEUES].observe)
     app.cleanup_ctx.append(_hub_ctx)
     for method, path, handler in (*compat.ROUTES, *views.ROUTES):
         app.router.add_route(method, path, handler)
@@ -149,4 +214,4 @@ def app_state(request: web.Request) -> tuple[Store, Settings, Hub]:
     return app[STORE], app[SETTINGS], app[HUB]
 
 
-__all__ = ["create_app", "Settings", "STORE", "SETTINGS", "HUB", "app_state", "Any"]
+__all__ = ["create_app", "Settings", "STORE", "SETTINGS", "HUB", "AUTH", "LIMITER", "app_state", "Any"]

@@ -19,11 +19,14 @@ from ..store import Outcome
 from .app import app_state
 from .feeds import Feed, run_feed
 from .http import field, is_form, json_response, query_float, query_str, read_form_job, read_object
-from .views import claim_wait, single
+from .auth import principal_of, require_lease, require_queue
+from .views import check_enqueue, claim_wait, single
 
 
 def _queue(request: web.Request) -> str:
-    return models.check_queue(query_str(request, "queue", required=True))
+    queue = models.check_queue(query_str(request, "queue", required=True))
+    require_queue(request, queue)
+    return queue
 
 
 async def _job_in_queue(request: web.Request) -> dict[str, Any]:
@@ -44,7 +47,8 @@ async def root_get(request: web.Request) -> web.Response:
     queue = _queue(request)
     wait = query_float(request, "wait", settings.compat_wait, minimum=0.0, maximum=settings.max_wait)
     worker = query_str(request, "worker") or "tqueues-compat"
-    jobs = await claim_wait(store, hub, [queue], worker, 1, settings.lease, wait, request)
+    jobs = await claim_wait(store, hub, [queue], worker, 1, settings.lease, wait, request,
+                            principal_of(request).lease_prefix)
     if not jobs:
         raise NoJobAvailable(f"no job available in queue {queue!r}; retry later", queue=queue)
     return json_response(jobs[0])
@@ -54,8 +58,9 @@ async def root_post(request: web.Request) -> web.Response:
     store, _, _ = app_state(request)
     body = await read_form_job(request) if is_form(request) else await read_object(request)
     jobs, _ = models.parse_jobs(body, default_queue=query_str(request, "queue"))
+    await check_enqueue(request, jobs)
     ((job, _created),) = await store.enqueue(jobs)
-    return json_response(job)
+    return json_response(models.public_job(job))
 
 
 async def root_put(request: web.Request) -> web.Response:
@@ -75,13 +80,15 @@ async def root_patch(request: web.Request) -> web.Response:
         data = {k: v for k, v in body.items() if k != "lease"}
     if not data:
         raise InvalidRequest("the body holds no field to update")
-    return json_response(await store.update_data(job["id"], data, lease))
+    require_lease(request, lease)
+    return json_response(models.public_job(await store.update_data(job["id"], data, lease)))
 
 
 async def root_delete(request: web.Request) -> web.Response:
     store, _, _ = app_state(request)
     job = await _job_in_queue(request)
     lease = query_str(request, "lease")
+    require_lease(request, lease)   # with --auth a worker finishes only what it was handed
     return single(await store.complete([Outcome(id=job["id"], lease=lease, status=models.FINISHED)]))
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from aiohttp import web
 
@@ -63,8 +63,10 @@ class Feed:
     """One websocket (or HTTP) subscriber: filters and a bounded buffer."""
 
     def __init__(self, *, queue: str | None = None, job_id: str | None = None,
-                 kinds: set[str] | None = None, limit: int = 10_000) -> None:
-        self.queue = queue
+                 kinds: set[str] | None = None, limit: int = 10_000, queues: frozenset[str] | None = None) -> None:
+        # One queue can be filtered by the store; several are filtered here.
+        self.queues = queues if queues is not None else (frozenset({queue}) if queue else None)
+        self.queue = next(iter(self.queues)) if self.queues and len(self.queues) == 1 else None
         self.job_id = job_id
         self.kinds = kinds
         self.limit = limit
@@ -74,7 +76,7 @@ class Feed:
         self.last_seq = 0
 
     def matches(self, event: dict[str, Any]) -> bool:
-        return ((self.queue is None or event["queue"] == self.queue)
+        return ((self.queues is None or event["queue"] in self.queues)
                 and (self.job_id is None or event["job_id"] == self.job_id)
                 and (self.kinds is None or event["kind"] in self.kinds))
 
@@ -109,6 +111,7 @@ class Hub:
         self.job_waiters: dict[str, set[Waiter]] = {}
         self.feeds: set[Feed] = set()
         self.events_seen = 0
+        self.observers: list[Callable[[dict[str, Any]], None]] = []   # see every event (queue settings)
 
     def wait_queues(self, queues: Iterable[str]) -> Waiter:
         return Waiter(self, self.queue_waiters, queues)
@@ -138,6 +141,9 @@ class Hub:
                     waiter.wake()
             for feed in self.feeds:
                 feed.push(event)
+            if kind == models.EV_QUEUE:
+                for observe in self.observers:
+                    observe(event)
 
     async def run(self) -> None:
         """Consume the store's subscription forever (cancelled at shutdown)."""
@@ -171,8 +177,9 @@ async def snapshot(store: Any, feed: Feed) -> list[dict[str, Any]]:
         except NotFound:
             return []
     jobs: list[dict[str, Any]] = []
-    for status in (models.STARTED, models.PENDING):
-        jobs.extend(await store.list_jobs(queue=feed.queue, status=status, limit=INITIAL_LIMIT))
+    for queue in sorted(feed.queues) if feed.queues else [None]:
+        for status in (models.STARTED, models.PENDING):
+            jobs.extend(await store.list_jobs(queue=queue, status=status, limit=INITIAL_LIMIT))
     return jobs
 
 
@@ -226,6 +233,7 @@ async def run_feed(request: web.Request, hub: Hub, feed: Feed, since: int | None
 
 
 async def _send(ws: web.WebSocketResponse, event: dict[str, Any], documents_only: bool) -> None:
+    event = models.public_event(event)
     payload = event["new_val"] if documents_only else event
     await ws.send_str(models.dumps_str(payload))
 

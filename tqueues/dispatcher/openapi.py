@@ -41,7 +41,9 @@ RESULTS = {"type": "object", "properties": {"results": {"type": "array", "items"
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "tqueues dispatcher", "version": __version__,
-             "description": "Jobs, claims with leases, queues, workers and events."},
+             "description": "Jobs, claims with leases, queues, workers and events. With --auth, every route but"
+                            " /api/v1/health needs 'Authorization: Bearer TOKEN' (401 without, 403 without the"
+                            " right scope or queue, 429 past the rate limit)."},
     "paths": {
         "/api/v1/jobs": {
             "post": _op("Enqueue one job, a list of jobs, or {\"jobs\": [...]}",
@@ -96,7 +98,8 @@ OPENAPI: dict[str, Any] = {
                                         body={"type": "object", "properties": {"leases": LEASES}})},
         "/api/v1/queues": {"get": _op("Queues with counts per status", errors=())},
         "/api/v1/queues/{name}": {"put": _op("Create a queue or change its settings", params=[NAME],
-                                             body={"type": "object", "properties": {"paused": {"type": "boolean"}}})},
+                                             body={"type": "object", "properties": {"paused": {"type": "boolean"},
+                                                                                    "strict": {"type": "boolean"}}})},
         "/api/v1/queues/{name}/pause": {"post": _op("Pause a queue: no claims until resumed", params=[NAME])},
         "/api/v1/queues/{name}/resume": {"post": _op("Resume a paused queue", params=[NAME])},
         "/api/v1/workers": {
@@ -115,7 +118,17 @@ OPENAPI: dict[str, Any] = {
                                      params=[_q("window", "number", "seconds")])},
         "/api/v1/prune": {"post": _op("Delete ended jobs older than older_than seconds", body={
             "type": "object", "required": ["older_than"], "properties": {"older_than": {"type": "number"}}})},
-        "/api/v1/health": {"get": _op("Liveness of the dispatcher", errors=())},
+        "/api/v1/tokens": {
+            "get": _op("Access tokens (never their secrets)", errors=(401, 403)),
+            "post": _op("Create an access token; the answer is the only place it is shown", errors=(400, 401, 403), body={
+                "type": "object", "required": ["scopes"], "properties": {
+                    "scopes": {"type": "array", "items": {"enum": ["submit", "work", "read", "admin"]}},
+                    "queues": {"type": "array", "items": {"type": "string"}},
+                    "methods": {"type": "array", "items": {"type": "string"}},
+                    "name": {"type": "string"}, "expires_in": {"type": "number"}}}),
+        },
+        "/api/v1/tokens/{id}": {"delete": _op("Revoke an access token", params=[ID], errors=(400, 401, 403, 404))},
+        "/api/v1/health": {"get": _op("Liveness of the dispatcher (open without a token)", errors=())},
     },
     "components": {"schemas": {
         "Error": {"type": "object", "required": ["error"], "properties": {"error": {
@@ -129,7 +142,9 @@ OPENAPI: dict[str, Any] = {
             "args": {"type": "array"}, "kwargs": {"type": "object"}, "priority": {"type": "integer"},
             "run_at": {"type": ["number", "string"]}, "delay": {"type": "number"},
             "max_attempts": {"type": "integer", "minimum": 1}, "timeout": {"type": "number"},
-            "backoff": {"type": "number"}, "key": {"type": "string"}, "data": {"type": "object"}}},
+            "backoff": {"type": "number"}, "key": {"type": "string"}, "data": {"type": "object"},
+            "secrets": {"type": "array", "items": {"type": "string"},
+                        "description": "kwargs names shown as *** to everyone but the worker running the job"}}},
         "Job": {"type": "object", "properties": {
             "id": {"type": "string"}, "queue": {"type": "string"}, "method": {"type": "string"},
             "args": {"type": "array"}, "kwargs": {"type": "object"},

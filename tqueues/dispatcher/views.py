@@ -9,9 +9,11 @@ from typing import Any
 from aiohttp import web
 
 from .. import __version__, models
-from ..errors import InvalidRequest, LeaseConflict, NotFound
+from ..errors import InvalidRequest, LeaseConflict, MethodNotRegistered, NotFound
 from ..store import Outcome, Store
-from .app import app_state
+from . import auth
+from .app import SETTINGS, STORE, app_state
+from .auth import principal_of, require_all_queues, require_lease, require_method, require_queue, require_queues
 from .feeds import Feed, Hub, run_feed
 from .http import (field, integer, json_response, leases, number, query_float, query_int, query_str,
                    read_json, read_object)
@@ -31,7 +33,8 @@ def job_id(request: web.Request) -> str:
 
 
 async def claim_wait(store: Store, hub: Hub, queues: list[str], worker: str, limit: int,
-                     lease: float, wait: float, request: web.Request | None = None) -> list[dict[str, Any]]:
+                     lease: float, wait: float, request: web.Request | None = None,
+                     lease_prefix: str = "") -> list[dict[str, Any]]:
     """Claim, or wait up to ``wait`` seconds for a job to become ready and claim it.
 
     The waiter is registered before each claim, so an enqueue between an empty claim and the
@@ -51,7 +54,7 @@ async def claim_wait(store: Store, hub: Hub, queues: list[str], worker: str, lim
         with hub.wait_queues(queues) as waiter:
             if request is not None and client_gone(request):
                 return []
-            jobs = await store.claim(queues, worker, limit, lease)
+            jobs = await store.claim(queues, worker, limit, lease, lease_prefix)
             if jobs:
                 return jobs
             remaining = deadline - time.monotonic()
@@ -105,11 +108,23 @@ def parse_outcome(item: Any, job: str | None = None, status: str | None = None) 
     return outcome
 
 
+shown = models.public_job
+
+
+async def job_in_scope(request: web.Request, ident: str) -> dict[str, Any]:
+    """The job, once the request's principal may see its queue (404 before 403 is fine: ids are
+    random, so a 404 tells nothing)."""
+    store, _, _ = app_state(request)
+    job = await store.get(ident)
+    require_queue(request, job["queue"])
+    return job
+
+
 def single(results: list[dict[str, Any]]) -> web.Response:
     """The answer for one fenced item: the job, or its conflict as a 4xx."""
     (result,) = results
     if result["ok"]:
-        return json_response(result.get("job", result))
+        return json_response(shown(result["job"]) if "job" in result else result)
     error = result["error"]
     status = 404 if error["code"] == "job_not_found" else 409
     return json_response({"error": {**error, "id": result["id"]}}, status)
@@ -139,12 +154,22 @@ async def create_jobs(request: web.Request) -> web.Response:
     store, _, _ = app_state(request)
     body = await read_json(request)
     jobs, batch = models.parse_jobs(body)
+    await check_enqueue(request, jobs)
     results = await store.enqueue(jobs)
     created = any(was_created for _, was_created in results)
     status = 201 if created else 200
     if batch:
-        return json_response({"jobs": [job for job, _ in results]}, status)
-    return json_response(results[0][0], status)
+        return json_response({"jobs": [shown(job) for job, _ in results]}, status)
+    return json_response(shown(results[0][0]), status)
+
+
+async def check_enqueue(request: web.Request, jobs: list[models.NewJob]) -> None:
+    """The principal may use these queues and methods; strict queues take only methods a
+    worker of theirs registered."""
+    for job in jobs:
+        require_queue(request, job.queue)
+        require_method(request, job.method)
+    await request.app[STRICT_QUEUES].check(request.app, jobs)
 
 
 async def list_jobs(request: web.Request) -> web.Response:
@@ -152,10 +177,13 @@ async def list_jobs(request: web.Request) -> web.Response:
     queue = query_str(request, "queue")
     if queue is not None:
         models.check_queue(queue)
+        require_queue(request, queue)
+    else:
+        require_all_queues(request, "listing jobs")
     jobs = await store.list_jobs(queue=queue, status=query_str(request, "status"), method=query_str(request, "method"),
                                  limit=query_int(request, "limit", 100, minimum=1, maximum=1000),
                                  before=query_str(request, "before"))
-    return json_response({"jobs": jobs, "next": jobs[-1]["id"] if jobs else None})
+    return json_response({"jobs": [shown(j) for j in jobs], "next": jobs[-1]["id"] if jobs else None})
 
 
 async def get_job(request: web.Request) -> web.Response:
@@ -165,10 +193,10 @@ async def get_job(request: web.Request) -> web.Response:
     deadline = time.monotonic() + wait
     while True:
         with hub.wait_job(ident) as waiter:
-            job = await store.get(ident)
+            job = await job_in_scope(request, ident)
             remaining = deadline - time.monotonic()
             if job["status"] in models.TERMINAL or remaining <= 0:
-                return json_response(job)
+                return json_response(shown(job))
             await waiter.wait(min(remaining, BACKSTOP))
 
 
@@ -177,12 +205,17 @@ async def patch_job(request: web.Request) -> web.Response:
     body = await read_object(request)
     data = field(body, "data", dict)
     lease = field(body, "lease", str, required=False)
-    return json_response(await store.update_data(job_id(request), data, lease))
+    ident = job_id(request)
+    await job_in_scope(request, ident)
+    require_lease(request, lease)
+    return json_response(shown(await store.update_data(ident, data, lease)))
 
 
 async def abort_job(request: web.Request) -> web.Response:
     store, _, _ = app_state(request)
-    return json_response(await store.abort(job_id(request)))
+    ident = job_id(request)
+    await job_in_scope(request, ident)
+    return json_response(shown(await store.abort(ident)))
 
 
 async def job_executions(request: web.Request) -> web.Response:
@@ -191,6 +224,7 @@ async def job_executions(request: web.Request) -> web.Response:
     with_logs = (query_str(request, "logs") or "false").lower()
     if with_logs not in ("true", "false", "1", "0"):
         raise InvalidRequest("logs: must be true or false", field="logs")
+    await job_in_scope(request, ident)
     executions = await store.executions(ident)
     if with_logs in ("true", "1"):
         lines = await store.logs(ident, 0, 10_000)
@@ -203,12 +237,16 @@ async def job_logs(request: web.Request) -> web.Response:
     store, _, _ = app_state(request)
     since = query_int(request, "since", 0, minimum=0, maximum=2**62)
     limit = query_int(request, "limit", 1000, minimum=1, maximum=10_000)
-    return json_response(await store.logs(job_id(request), since, limit))
+    ident = job_id(request)
+    await job_in_scope(request, ident)
+    return json_response(await store.logs(ident, since, limit))
 
 
 async def retry_job(request: web.Request) -> web.Response:
     store, _, _ = app_state(request)
-    return json_response(await store.retry(job_id(request)))
+    ident = job_id(request)
+    await job_in_scope(request, ident)
+    return json_response(shown(await store.retry(ident)))
 
 
 MAX_LINE = 64 * 1024
@@ -227,19 +265,24 @@ async def post_logs(request: web.Request) -> web.Response:
         lines.append({"job_id": field(item, "job_id", str), "attempt": integer(item, "attempt", 1, minimum=0, maximum=10**6),
                       "stream": field(item, "stream", str), "line": field(item, "line", str)[:MAX_LINE],
                       "ts": number(item, "ts", models.now(), minimum=0, maximum=2**40)})
+        require_lease(request, field(item, "lease", str, required=False))   # only lines of one's own jobs
     return json_response({"stored": await store.append_logs(lines)})
 
 
 async def job_complete(request: web.Request) -> web.Response:
     store, _, _ = app_state(request)
     body = await read_object(request)
-    return single(await store.complete([parse_outcome(body, job_id(request), models.FINISHED)]))
+    outcome = parse_outcome(body, job_id(request), models.FINISHED)
+    require_lease(request, outcome.lease)
+    return single(await store.complete([outcome]))
 
 
 async def job_fail(request: web.Request) -> web.Response:
     store, _, _ = app_state(request)
     body = await read_object(request)
-    return single(await store.complete([parse_outcome(body, job_id(request), models.FAILED)]))
+    outcome = parse_outcome(body, job_id(request), models.FAILED)
+    require_lease(request, outcome.lease)
+    return single(await store.complete([outcome]))
 
 
 async def job_heartbeat(request: web.Request) -> web.Response:
@@ -248,6 +291,7 @@ async def job_heartbeat(request: web.Request) -> web.Response:
     lease = field(body, "lease", str)
     seconds = number(body, "extend", settings.lease, minimum=0.001, maximum=24 * 3600)
     ident = job_id(request)
+    require_lease(request, lease)
     await store.get(ident)   # 404 for an unknown job, 409 for a stale lease
     return single(await store.heartbeat([(ident, lease)], seconds, field(body, "worker", str, required=False)))
 
@@ -256,8 +300,10 @@ async def job_release(request: web.Request) -> web.Response:
     store, _, _ = app_state(request)
     body = await read_object(request)
     ident = job_id(request)
+    lease = field(body, "lease", str)
+    require_lease(request, lease)
     await store.get(ident)
-    return single(await store.release([(ident, field(body, "lease", str))]))
+    return single(await store.release([(ident, lease)]))
 
 
 # ---------------------------------------------------------------------------- workers
@@ -269,8 +315,10 @@ async def claim(request: web.Request) -> web.Response:
     limit = integer(body, "limit", 1, minimum=1, maximum=1000)
     wait = number(body, "wait", 0.0, minimum=0.0, maximum=settings.max_wait)
     lease = number(body, "lease", settings.lease, minimum=0.01, maximum=24 * 3600)
-    jobs = await claim_wait(store, hub, queues, worker_param(body), limit, lease, wait, request)
-    return json_response({"jobs": jobs, "lease_seconds": lease})
+    require_queues(request, queues)
+    jobs = await claim_wait(store, hub, queues, worker_param(body), limit, lease, wait, request,
+                            principal_of(request).lease_prefix)
+    return json_response({"jobs": jobs, "lease_seconds": lease})   # the one answer that shows leases
 
 
 async def complete_batch(request: web.Request) -> web.Response:
@@ -280,9 +328,13 @@ async def complete_batch(request: web.Request) -> web.Response:
     if len(items) > models.MAX_BATCH:
         raise InvalidRequest(f"outcomes: at most {models.MAX_BATCH} items", field="outcomes")
     outcomes = [parse_outcome(item) for item in items]
+    for outcome in outcomes:
+        require_lease(request, outcome.lease)
     results = await store.complete(outcomes)
     if not body.get("documents", True):
         results = [{k: v for k, v in r.items() if k != "job"} for r in results]
+    else:
+        results = [{**r, "job": shown(r["job"])} if "job" in r else r for r in results]
     return json_response({"results": results})
 
 
@@ -292,6 +344,8 @@ async def heartbeat_batch(request: web.Request) -> web.Response:
     store, settings, _ = app_state(request)
     body = await read_object(request)
     items = leases(body) if body.get("leases") is not None else []
+    for _, lease in items:
+        require_lease(request, lease)
     seconds = number(body, "extend", settings.lease, minimum=0.001, maximum=24 * 3600)
     worker = field(body, "worker", str, required=False)
     info = field(body, "info", dict, required=False)
@@ -309,7 +363,10 @@ async def heartbeat_batch(request: web.Request) -> web.Response:
 async def release_batch(request: web.Request) -> web.Response:
     store, _, _ = app_state(request)
     body = await read_object(request)
-    results = await store.release(leases(body))
+    items = leases(body)
+    for _, lease in items:
+        require_lease(request, lease)
+    results = await store.release(items)
     return json_response({"results": [{k: v for k, v in r.items() if k != "job"} for r in results]})
 
 
@@ -365,34 +422,48 @@ def queue_name(request: web.Request) -> str:
 
 async def list_queues(request: web.Request) -> web.Response:
     store, _, _ = app_state(request)
-    return json_response({"queues": await store.queues()})
+    principal = principal_of(request)
+    return json_response({"queues": [q for q in await store.queues() if principal.queue_allowed(q["name"])]})
 
 
 async def put_queue(request: web.Request) -> web.Response:
     store, _, _ = app_state(request)
     body = await read_object(request, allow_empty=True)
     paused = field(body, "paused", bool, required=False)
-    return json_response(await store.set_queue(queue_name(request), paused=paused))
+    strict = field(body, "strict", bool, required=False)
+    name = queue_name(request)
+    require_queue(request, name)
+    return json_response(await store.set_queue(name, paused=paused, strict=strict))
 
 
 async def pause_queue(request: web.Request) -> web.Response:
     store, _, _ = app_state(request)
-    return json_response(await store.set_queue(queue_name(request), paused=True))
+    name = queue_name(request)
+    require_queue(request, name)
+    return json_response(await store.set_queue(name, paused=True))
 
 
 async def resume_queue(request: web.Request) -> web.Response:
     store, _, _ = app_state(request)
-    return json_response(await store.set_queue(queue_name(request), paused=False))
+    name = queue_name(request)
+    require_queue(request, name)
+    return json_response(await store.set_queue(name, paused=False))
 
 
 # ---------------------------------------------------------------------------- events, docs
 
 async def events(request: web.Request) -> web.StreamResponse:
     store, settings, hub = app_state(request)
-    queue = query_str(request, "queue")
-    if queue is not None:
-        models.check_queue(queue)
+    raw_queues = query_str(request, "queue")
+    queues = frozenset(models.check_queue(q) for q in raw_queues.split(",")) if raw_queues else None
+    queue = next(iter(queues)) if queues and len(queues) == 1 else None   # one queue: the store filters
     ident = query_str(request, "job") or query_str(request, "job_id")
+    if queues is not None:
+        require_queues(request, queues)
+    elif ident is not None:
+        await job_in_scope(request, ident)
+    else:
+        require_all_queues(request, "watching events")
     kinds_raw = query_str(request, "kind")
     kinds = set(kinds_raw.split(",")) if kinds_raw else None
     since_raw = query_str(request, "since")
@@ -401,19 +472,19 @@ async def events(request: web.Request) -> web.StreamResponse:
         initial = (query_str(request, "initial") or "false").lower()
         if initial not in ("true", "false", "1", "0"):
             raise InvalidRequest("initial: must be true or false", field="initial")
-        return await run_feed(request, hub, Feed(queue=queue, job_id=ident, kinds=kinds), since, documents_only=False,
+        return await run_feed(request, hub, Feed(queues=queues, job_id=ident, kinds=kinds), since, documents_only=False,
                               initial=initial in ("true", "1"))
     limit = query_int(request, "limit", 1000, minimum=1, maximum=10_000)
     wait = query_float(request, "wait", 0.0, minimum=0.0, maximum=settings.max_wait)
     cursor = since if since is not None else await store.last_seq()
     deadline = time.monotonic() + wait
     while True:
-        feed = Feed(queue=queue, job_id=ident, kinds=kinds)
+        feed = Feed(queues=queues, job_id=ident, kinds=kinds)
         feed.last_seq = cursor
         hub.feeds.add(feed)   # before the read: an event committed meanwhile still wakes us
         try:
             page = await store.events_since(cursor, limit, queue=queue, job_id=ident)
-            found = [e for e in page if kinds is None or e["kind"] in kinds]
+            found = [models.public_event(e) for e in page if feed.matches(e)]
             remaining = deadline - time.monotonic()
             if found or remaining <= 0 or len(page) == limit:
                 last = page[-1]["seq"] if page else cursor
@@ -425,6 +496,7 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 async def stats(request: web.Request) -> web.Response:
     store, settings, _ = app_state(request)
+    require_all_queues(request, "statistics over all queues")
     window = query_float(request, "window", 300.0, minimum=1.0, maximum=7 * 86400)
     answer = await store.stats(window)
     now = models.now()
@@ -442,7 +514,101 @@ async def prune(request: web.Request) -> web.Response:
     older_than = number(body, "older_than", 0.0, minimum=0.0, maximum=100 * 365 * 86400)
     if "older_than" not in body:
         raise InvalidRequest("older_than: is required (seconds)", field="older_than")
+    require_all_queues(request, "pruning")
     return json_response({"deleted": await store.prune(older_than)})
+
+
+# ---------------------------------------------------------------------------- tokens
+
+async def list_tokens(request: web.Request) -> web.Response:
+    store, _, _ = app_state(request)
+    return json_response({"tokens": await store.tokens()})
+
+
+async def create_token(request: web.Request) -> web.Response:
+    """A new token, shown in this answer only."""
+    store, _, _ = app_state(request)
+    require_all_queues(request, "creating tokens")
+    body = await read_object(request)
+    scopes = field(body, "scopes", list)
+    queues = field(body, "queues", list, required=False, default=["*"])
+    methods = field(body, "methods", list, required=False, default=["*"])
+    name = field(body, "name", str, required=False)
+    expires_in = number(body, "expires_in", 0.0, minimum=0.0, maximum=10 * 365 * 86400) or None
+    if name is not None and len(name) > 200:
+        raise InvalidRequest("name: at most 200 characters", field="name")
+    token, record = await auth.create_token(store, scopes, queues, methods, name, expires_in)
+    return json_response({"token": token, **record}, 201)
+
+
+async def revoke_token(request: web.Request) -> web.Response:
+    store, _, _ = app_state(request)
+    ident = request.match_info["id"]
+    if not 1 <= len(ident) <= 64:
+        raise InvalidRequest("id: not a token id", field="id")
+    return json_response(await store.revoke_token(auth.token_id_of(ident) or ident))
+
+
+# ---------------------------------------------------------------------------- strict queues
+
+class StrictQueues:
+    """The methods strict queues accept: those registered by their live workers.
+
+    Which queues are strict is followed from ``queue.updated`` events (loaded once at start);
+    the workers' registrations are read from the store at most once a second, and again when a
+    method is missing (a worker may have just registered it).
+    """
+
+    TTL = 1.0
+
+    def __init__(self) -> None:
+        self.strict: set[str] = set()
+        self._functions: dict[str, set[str]] = {}
+        self._read_at = -1e9
+
+    def observe(self, event: dict[str, Any]) -> None:
+        if event["kind"] == models.EV_QUEUE and isinstance(event["new_val"], dict):
+            doc = event["new_val"]
+            (self.strict.add if doc.get("strict") else self.strict.discard)(doc["name"])
+
+    async def load(self, store: Store) -> None:
+        self.strict = {q["name"] for q in await store.queues() if q.get("strict")}
+
+    async def _read_workers(self, app: web.Application) -> None:
+        store, settings = app[STORE], app[SETTINGS]
+        now = models.now()
+        functions: dict[str, set[str]] = {}
+        for worker in await store.workers():
+            if worker.get("status") == "stopped" or now - worker["last_seen"] > settings.worker_timeout:
+                continue
+            for queue in worker.get("queues") or []:
+                functions.setdefault(queue, set()).update(worker.get("functions") or [])
+        self._functions = functions
+        self._read_at = time.monotonic()
+
+    def _missing(self, jobs: list[models.NewJob]) -> list[models.NewJob]:
+        out = []
+        for job in jobs:
+            if job.queue in self.strict:
+                known = self._functions.get(job.queue, set())
+                colon = job.method if ":" in job.method else ":".join(job.method.rsplit(".", 1))
+                if job.method not in known and colon not in known:
+                    out.append(job)
+        return out
+
+    async def check(self, app: web.Application, jobs: list[models.NewJob]) -> None:
+        if not self.strict or not any(job.queue in self.strict for job in jobs):
+            return
+        if time.monotonic() - self._read_at > self.TTL:
+            await self._read_workers(app)
+        missing = self._missing(jobs)
+        if missing and time.monotonic() - self._read_at > 0.05:
+            await self._read_workers(app)
+            missing = self._missing(jobs)
+        if missing:
+            job = missing[0]
+            raise MethodNotRegistered(f"queue {job.queue!r} is strict and no worker serving it has registered "
+                                      f"{job.method!r}; nothing was enqueued", queue=job.queue, method=job.method)
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -481,9 +647,15 @@ ROUTES = [
     ("POST", "/api/v1/workers/{id}/stop", stop_worker),
     ("GET", "/api/v1/stats", stats),
     ("POST", "/api/v1/prune", prune),
+    ("GET", "/api/v1/tokens", list_tokens),
+    ("POST", "/api/v1/tokens", create_token),
+    ("DELETE", "/api/v1/tokens/{id}", revoke_token),
     ("GET", "/api/v1/events", events),
     ("GET", "/api/v1/openapi.json", openapi),
     ("GET", "/api/v1/health", health),
 ]
 
 __all__ = ["ROUTES", "claim_wait", "LeaseConflict"]
+
+
+STRICT_QUEUES: web.AppKey[StrictQueues] = web.AppKey("strict_queues", StrictQueues)

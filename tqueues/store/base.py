@@ -40,7 +40,7 @@ from ..errors import InvalidRequest, NotFound
 JOB_KEYS = (
     "id", "queue", "method", "args", "kwargs", "status", "priority", "run_at", "attempts",
     "max_attempts", "timeout", "backoff", "lease", "lease_expires", "worker", "data", "result",
-    "error", "key", "created_at", "started_at", "finished_at", "updated_at",
+    "error", "key", "created_at", "started_at", "finished_at", "updated_at", "secrets",
 )
 EXECUTION_KEYS = ("job_id", "attempt", "worker", "status", "started_at", "finished_at", "error")
 MAX_CLAIM = 1000
@@ -78,6 +78,13 @@ def conflict(job_id: str, code: str, message: str) -> dict[str, Any]:
 
 def worker_not_found(worker_id: str) -> NotFound:
     return NotFound(f"no worker has id {worker_id!r}", id=worker_id)
+
+
+def token_not_found(token_id: str) -> NotFound:
+    return NotFound(f"no token has id {token_id!r}", id=token_id)
+
+
+TOKEN_KEYS = ("id", "name", "scopes", "queues", "methods", "created_at", "expires_at", "revoked_at")
 
 
 class Subscription:
@@ -208,13 +215,14 @@ class Store(abc.ABC):
     # ------------------------------------------------------------------ workers
 
     async def claim(self, queues: Sequence[str], worker: str, limit: int = 1,
-                    lease_seconds: float = 30.0) -> list[dict[str, Any]]:
+                    lease_seconds: float = 30.0, lease_prefix: str = "") -> list[dict[str, Any]]:
         """Atomically lease up to ``limit`` ready jobs of the (unpaused) ``queues``.
 
         Ready means ``pending`` with ``run_at <= now``; order is priority (high first), then
         ``run_at``, then enqueue order. Each claimed job becomes ``started``, its ``attempts``
         grows by one, an execution row opens, and it carries a fresh ``lease`` token valid
-        until ``lease_expires``. No job is ever leased twice at once. The jobs are returned in
+        until ``lease_expires`` (the token starts with ``lease_prefix``, so whoever checks it can
+        tell which principal it was handed to). No job is ever leased twice at once. The jobs are returned in
         that claim order; all jobs of one claim may share one lease token (fencing is per job).
         Emits ``job.started``.
         """
@@ -224,7 +232,7 @@ class Store(abc.ABC):
             raise InvalidRequest(f"limit: must be between 1 and {MAX_CLAIM}", field="limit")
         if not 0 < lease_seconds <= MAX_LEASE:
             raise InvalidRequest(f"lease: must be between 0 and {MAX_LEASE} seconds", field="lease")
-        return await self._claim(list(dict.fromkeys(queues)), worker, limit, lease_seconds, models.now())
+        return await self._claim(list(dict.fromkeys(queues)), worker, limit, lease_seconds, models.now(), lease_prefix)
 
     async def heartbeat(self, leases: Sequence[tuple[str, str]], lease_seconds: float,
                         worker: str | None = None) -> list[dict[str, Any]]:
@@ -290,7 +298,7 @@ class Store(abc.ABC):
     # ------------------------------------------------------------------ queues
 
     async def queues(self) -> list[dict[str, Any]]:
-        """Every queue with ``paused`` and ``counts`` per status."""
+        """Every queue with ``paused``, ``strict`` and ``counts`` per status."""
         return await self._queues()
 
     async def stats(self, window: float = 300.0) -> dict[str, Any]:
@@ -307,10 +315,37 @@ class Store(abc.ABC):
         return {"counts": counts, "window": window, "finished": recent.get(models.FINISHED, 0),
                 "failed": recent.get(models.FAILED, 0)}
 
-    async def set_queue(self, name: str, *, paused: bool | None = None) -> dict[str, Any]:
-        """Create the queue if needed and change its settings. Emits ``queue.updated``."""
+    async def set_queue(self, name: str, *, paused: bool | None = None, strict: bool | None = None) -> dict[str, Any]:
+        """Create the queue if needed and change the settings given (None leaves one as it is):
+        ``paused`` (no claims), ``strict`` (the dispatcher refuses methods no worker of the queue
+        registered). Returns ``{"name", "paused", "strict"}``. Emits ``queue.updated``."""
         models.check_queue(name)
-        return await self._set_queue(name, paused, models.now())
+        settings = {k: v for k, v in (("paused", paused), ("strict", strict)) if v is not None}
+        return await self._set_queue(name, settings, models.now())
+
+    # ------------------------------------------------------------------ tokens
+
+    async def create_token(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Store an access token: ``id``, ``hash`` (never the token itself), ``name``,
+        ``scopes``, ``queues`` and ``methods`` (glob lists), ``expires_at`` (or None).
+        Returns the record without its hash. Emits no event."""
+        for key in ("id", "hash", "scopes"):
+            if not record.get(key):
+                raise InvalidRequest(f"{key}: a token needs one", field=key)
+        return await self._create_token({"name": None, "queues": ["*"], "methods": ["*"], "expires_at": None,
+                                         **record, "created_at": models.now(), "revoked_at": None})
+
+    async def token(self, token_id: str) -> dict[str, Any]:
+        """A token's record, hash included. Raises NotFound."""
+        return await self._token(token_id)
+
+    async def revoke_token(self, token_id: str) -> dict[str, Any]:
+        """Mark a token revoked (idempotent); the record without its hash. Raises NotFound."""
+        return await self._revoke_token(token_id, models.now())
+
+    async def tokens(self) -> list[dict[str, Any]]:
+        """Every token record without hashes, newest first."""
+        return await self._tokens()
 
     # ------------------------------------------------------------------ events
 
@@ -403,7 +438,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def _claim(self, queues: list[str], worker: str, limit: int, lease_seconds: float,
-                     now: float) -> list[dict[str, Any]]: ...
+                     now: float, lease_prefix: str) -> list[dict[str, Any]]: ...
 
     @abc.abstractmethod
     async def _heartbeat(self, leases: list[tuple[str, str]], lease_seconds: float,
@@ -437,7 +472,19 @@ class Store(abc.ABC):
     async def _queues(self) -> list[dict[str, Any]]: ...
 
     @abc.abstractmethod
-    async def _set_queue(self, name: str, paused: bool | None, now: float) -> dict[str, Any]: ...
+    async def _set_queue(self, name: str, settings: dict[str, bool], now: float) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    async def _create_token(self, record: dict[str, Any]) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    async def _token(self, token_id: str) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    async def _revoke_token(self, token_id: str, now: float) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    async def _tokens(self) -> list[dict[str, Any]]: ...
 
     @abc.abstractmethod
     async def _events_since(self, seq: int, limit: int, queue: str | None,

@@ -31,7 +31,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from .. import models
 from ..errors import ConfigurationError, Conflict, JobNotFound, LeaseConflict, StoreUnavailable, TQueuesError
-from .base import JOB_KEYS, Outcome, Store, conflict, ok, redact, worker_not_found
+from .base import JOB_KEYS, Outcome, Store, conflict, ok, redact, token_not_found, worker_not_found
 
 try:  # imported lazily by open_store; the module itself needs the driver
     import asyncpg
@@ -40,7 +40,7 @@ except ImportError:  # pragma: no cover - reported when the store is opened
 
 log = logging.getLogger("tqueues.store.postgres")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 EVENT_LOCK = 0x7471_7565_7565_73   # advisory lock that orders event seqs ("tqueues")
 MIGRATE_LOCK = EVENT_LOCK + 1
 CHANNEL = "tqueues_events"
@@ -126,6 +126,22 @@ MIGRATIONS: list[str] = [
         ts DOUBLE PRECISION NOT NULL
     );
     CREATE INDEX IF NOT EXISTS tqueues_logs_job ON tqueues_logs (job_id, id);
+    """,
+    # version 3: strict queues and access tokens
+    """
+    ALTER TABLE tqueues_queues ADD COLUMN IF NOT EXISTS strict BOOLEAN NOT NULL DEFAULT FALSE;
+    ALTER TABLE tqueues_jobs ADD COLUMN IF NOT EXISTS secrets JSONB;
+    CREATE TABLE IF NOT EXISTS tqueues_tokens (
+        id TEXT PRIMARY KEY,
+        hash TEXT NOT NULL,
+        name TEXT,
+        scopes JSONB NOT NULL,
+        queues JSONB NOT NULL,
+        methods JSONB NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        expires_at DOUBLE PRECISION,
+        revoked_at DOUBLE PRECISION
+    );
     """,
 ]
 
@@ -449,6 +465,7 @@ class PostgresStore(Store):
                     "backoff": spec.backoff, "lease": None, "lease_expires": None, "worker": None,
                     "data": spec.data, "result": None, "error": None, "key": spec.key,
                     "created_at": now, "started_at": None, "finished_at": None, "updated_at": now,
+                    "secrets": spec.secrets or None,
                 }
                 if spec.key is not None:
                     existing[spec.key] = doc
@@ -555,10 +572,10 @@ class PostgresStore(Store):
     # ------------------------------------------------------------------ workers
 
     async def _claim(self, queues: list[str], worker: str, limit: int, lease_seconds: float,
-                     now: float) -> list[dict[str, Any]]:
+                     now: float, lease_prefix: str = "") -> list[dict[str, Any]]:
         async def op(tx: _Tx) -> list[dict[str, Any]]:
             conn = tx.conn
-            lease = secrets.token_hex(16)
+            lease = lease_prefix + secrets.token_hex(16)
             rows = await conn.fetch(
                 f"UPDATE tqueues_jobs j SET status = 'started', attempts = j.attempts + 1, lease = $1,"
                 f" lease_expires = $2, worker = $3, started_at = $4, updated_at = $4"
@@ -748,27 +765,69 @@ class PostgresStore(Store):
     async def _queues(self) -> list[dict[str, Any]]:
         async def read(conn: Any) -> list[dict[str, Any]]:
             out: dict[str, dict[str, Any]] = {}
-            for row in await conn.fetch("SELECT name, paused FROM tqueues_queues ORDER BY name"):
-                out[row["name"]] = {"name": row["name"], "paused": row["paused"], "counts": dict.fromkeys(models.STATUSES, 0)}
+            for row in await conn.fetch("SELECT name, paused, strict FROM tqueues_queues ORDER BY name"):
+                out[row["name"]] = {"name": row["name"], "paused": row["paused"], "strict": row["strict"],
+                                    "counts": dict.fromkeys(models.STATUSES, 0)}
             for row in await conn.fetch("SELECT queue, status, COUNT(*) AS n FROM tqueues_jobs GROUP BY queue, status"):
-                entry = out.setdefault(row["queue"], {"name": row["queue"], "paused": False,
+                entry = out.setdefault(row["queue"], {"name": row["queue"], "paused": False, "strict": False,
                                                       "counts": dict.fromkeys(models.STATUSES, 0)})
                 entry["counts"][row["status"]] = row["n"]
             return [out[name] for name in sorted(out)]
 
         return await self._read(read)
 
-    async def _set_queue(self, name: str, paused: bool | None, now: float) -> dict[str, Any]:
+    async def _set_queue(self, name: str, settings: dict[str, bool], now: float) -> dict[str, Any]:
         async def op(tx: _Tx) -> dict[str, Any]:
             await self._ensure_queues(tx.conn, {name}, now)
-            if paused is not None:
-                await tx.conn.execute("UPDATE tqueues_queues SET paused = $1, updated_at = $2 WHERE name = $3", paused, now, name)
-            value = await tx.conn.fetchval("SELECT paused FROM tqueues_queues WHERE name = $1", name)
-            doc = {"name": name, "paused": bool(value)}
+            for column, value in settings.items():   # column names come from the contract, not the caller
+                await tx.conn.execute(f"UPDATE tqueues_queues SET {column} = $1, updated_at = $2 WHERE name = $3",
+                                      value, now, name)
+            row = await tx.conn.fetchrow("SELECT paused, strict FROM tqueues_queues WHERE name = $1", name)
+            doc = {"name": name, "paused": row["paused"], "strict": row["strict"]}
             tx.events.append((models.EV_QUEUE, name, None, doc))
             return doc
 
         return await self._write(op)
+
+    # ------------------------------------------------------------------ tokens
+
+    _TOKEN_COLS = "id, hash, name, scopes, queues, methods, created_at, expires_at, revoked_at"
+
+    async def _create_token(self, record: dict[str, Any]) -> dict[str, Any]:
+        async def op(tx: _Tx) -> dict[str, Any]:
+            await tx.conn.execute(f"INSERT INTO tqueues_tokens ({self._TOKEN_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                                  record["id"], record["hash"], record["name"], record["scopes"], record["queues"],
+                                  record["methods"], record["created_at"], record["expires_at"], record["revoked_at"])
+            return {k: v for k, v in record.items() if k != "hash"}
+
+        return await self._write(op)
+
+    async def _token(self, token_id: str) -> dict[str, Any]:
+        async def read(conn: Any) -> dict[str, Any]:
+            row = await conn.fetchrow(f"SELECT {self._TOKEN_COLS} FROM tqueues_tokens WHERE id = $1", token_id)
+            if row is None:
+                raise token_not_found(token_id)
+            return dict(row)
+
+        return await self._read(read)
+
+    async def _revoke_token(self, token_id: str, now: float) -> dict[str, Any]:
+        async def op(tx: _Tx) -> dict[str, Any]:
+            row = await tx.conn.fetchrow(
+                f"UPDATE tqueues_tokens SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1 RETURNING {self._TOKEN_COLS}",
+                token_id, now)
+            if row is None:
+                raise token_not_found(token_id)
+            return {k: v for k, v in dict(row).items() if k != "hash"}
+
+        return await self._write(op)
+
+    async def _tokens(self) -> list[dict[str, Any]]:
+        async def read(conn: Any) -> list[dict[str, Any]]:
+            rows = await conn.fetch(f"SELECT {self._TOKEN_COLS} FROM tqueues_tokens ORDER BY created_at DESC")
+            return [{k: v for k, v in dict(r).items() if k != "hash"} for r in rows]
+
+        return await self._read(read)
 
     # ------------------------------------------------------------------ events
 

@@ -30,11 +30,11 @@ from urllib.parse import unquote, urlsplit
 
 from .. import models
 from ..errors import Conflict, ConfigurationError, InvalidRequest, JobNotFound, LeaseConflict, StoreUnavailable, TQueuesError
-from .base import JOB_KEYS, Outcome, Store, conflict, ok, worker_not_found
+from .base import JOB_KEYS, Outcome, Store, conflict, ok, token_not_found, worker_not_found
 
 log = logging.getLogger("tqueues.store.sqlite")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -62,7 +62,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at REAL NOT NULL,
     started_at REAL,
     finished_at REAL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    secrets TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (queue, priority DESC, run_at, seq) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS jobs_next ON jobs (queue, run_at) WHERE status = 'pending';
@@ -101,8 +102,20 @@ CREATE INDEX IF NOT EXISTS logs_job ON logs (job_id, id);
 CREATE TABLE IF NOT EXISTS queues (
     name TEXT PRIMARY KEY,
     paused INTEGER NOT NULL DEFAULT 0,
+    strict INTEGER NOT NULL DEFAULT 0,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    id TEXT PRIMARY KEY,
+    hash TEXT NOT NULL,
+    name TEXT,
+    scopes TEXT NOT NULL,
+    queues TEXT NOT NULL,
+    methods TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL,
+    revoked_at REAL
 );
 CREATE TABLE IF NOT EXISTS workers (
     id TEXT PRIMARY KEY,
@@ -113,7 +126,7 @@ CREATE TABLE IF NOT EXISTS workers (
 """
 
 COLS = ", ".join(JOB_KEYS)
-JSON_COLS = ("args", "kwargs", "data", "result", "error")
+JSON_COLS = ("args", "kwargs", "data", "result", "error", "secrets")
 _JSON_IDX = tuple(JOB_KEYS.index(c) for c in JSON_COLS)
 MAX_GROUP = 1024
 
@@ -142,6 +155,16 @@ def path_from_url(url: str) -> str:
     if path == ":memory:":
         raise ConfigurationError("an in-memory SQLite database cannot be shared by the writer and readers; name a file")
     return path
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a file made by an older tqueues up to this SCHEMA (new tables come from SCHEMA)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(queues)")}
+    if "strict" not in columns:
+        conn.execute("ALTER TABLE queues ADD COLUMN strict INTEGER NOT NULL DEFAULT 0")
+    if "secrets" not in {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}:
+        conn.execute("ALTER TABLE jobs ADD COLUMN secrets TEXT")
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
 
 
 def _connect(path: str) -> sqlite3.Connection:
@@ -284,6 +307,8 @@ class SQLiteStore(Store):
                 conn.executescript(SCHEMA)
                 conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
                 (version,) = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+                if int(version) <= SCHEMA_VERSION:
+                    _migrate(conn)
             finally:
                 conn.close()
         except sqlite3.Error as exc:
@@ -395,6 +420,7 @@ class SQLiteStore(Store):
                     "backoff": spec.backoff, "lease": None, "lease_expires": None, "worker": None,
                     "data": spec.data, "result": None, "error": None, "key": spec.key,
                     "created_at": now, "started_at": None, "finished_at": None, "updated_at": now,
+                    "secrets": spec.secrets or None,
                 }
                 if spec.key is not None:
                     seen_keys[spec.key] = doc
@@ -498,7 +524,7 @@ class SQLiteStore(Store):
     # ------------------------------------------------------------------ workers
 
     async def _claim(self, queues: list[str], worker: str, limit: int, lease_seconds: float,
-                     now: float) -> list[dict[str, Any]]:
+                     now: float, lease_prefix: str = "") -> list[dict[str, Any]]:
         def op(tx: _Tx) -> list[dict[str, Any]]:
             conn = tx.conn
             marks = ", ".join("?" * len(queues))
@@ -507,7 +533,7 @@ class SQLiteStore(Store):
             if not active:
                 return []
             marks = ", ".join("?" * len(active))
-            lease = secrets.token_hex(16)
+            lease = lease_prefix + secrets.token_hex(16)
             rows = conn.execute(
                 f"UPDATE jobs SET status = 'started', attempts = attempts + 1, lease = ?, lease_expires = ?,"
                 f" worker = ?, started_at = ?, updated_at = ?"
@@ -697,26 +723,75 @@ class SQLiteStore(Store):
     async def _queues(self) -> list[dict[str, Any]]:
         def read(conn: sqlite3.Connection) -> list[dict[str, Any]]:
             out: dict[str, dict[str, Any]] = {}
-            for name, paused in conn.execute("SELECT name, paused FROM queues ORDER BY name"):
-                out[name] = {"name": name, "paused": bool(paused), "counts": dict.fromkeys(models.STATUSES, 0)}
+            for name, paused, strict in conn.execute("SELECT name, paused, strict FROM queues ORDER BY name"):
+                out[name] = {"name": name, "paused": bool(paused), "strict": bool(strict),
+                             "counts": dict.fromkeys(models.STATUSES, 0)}
             for name, status, count in conn.execute("SELECT queue, status, COUNT(*) FROM jobs GROUP BY queue, status"):
-                entry = out.setdefault(name, {"name": name, "paused": False, "counts": dict.fromkeys(models.STATUSES, 0)})
+                entry = out.setdefault(name, {"name": name, "paused": False, "strict": False,
+                                              "counts": dict.fromkeys(models.STATUSES, 0)})
                 entry["counts"][status] = count
             return list(out.values())
 
         return await self._read(read)
 
-    async def _set_queue(self, name: str, paused: bool | None, now: float) -> dict[str, Any]:
+    async def _set_queue(self, name: str, settings: dict[str, bool], now: float) -> dict[str, Any]:
         def op(tx: _Tx) -> dict[str, Any]:
             self._ensure_queues(tx.conn, {name}, now)
-            if paused is not None:
-                tx.conn.execute("UPDATE queues SET paused = ?, updated_at = ? WHERE name = ?", (int(paused), now, name))
-            (value,) = tx.conn.execute("SELECT paused FROM queues WHERE name = ?", (name,)).fetchone()
-            doc = {"name": name, "paused": bool(value)}
+            for column, value in settings.items():   # column names come from the contract, not the caller
+                tx.conn.execute(f"UPDATE queues SET {column} = ?, updated_at = ? WHERE name = ?", (int(value), now, name))
+            paused, strict = tx.conn.execute("SELECT paused, strict FROM queues WHERE name = ?", (name,)).fetchone()
+            doc = {"name": name, "paused": bool(paused), "strict": bool(strict)}
             tx.events.append((models.EV_QUEUE, name, None, doc))
             return doc
 
         return await self._write(op)
+
+    # ------------------------------------------------------------------ tokens
+
+    @staticmethod
+    def _token_doc(row: Sequence[Any]) -> dict[str, Any]:
+        doc = dict(zip(("id", "hash", "name", "scopes", "queues", "methods", "created_at", "expires_at", "revoked_at"), row))
+        for key in ("scopes", "queues", "methods"):
+            doc[key] = models.loads(doc[key])
+        return doc
+
+    _TOKEN_COLS = "id, hash, name, scopes, queues, methods, created_at, expires_at, revoked_at"
+
+    async def _create_token(self, record: dict[str, Any]) -> dict[str, Any]:
+        def op(tx: _Tx) -> dict[str, Any]:
+            tx.conn.execute(f"INSERT INTO tokens ({self._TOKEN_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            (record["id"], record["hash"], record["name"], models.dumps_str(record["scopes"]),
+                             models.dumps_str(record["queues"]), models.dumps_str(record["methods"]),
+                             record["created_at"], record["expires_at"], record["revoked_at"]))
+            return {k: v for k, v in record.items() if k != "hash"}
+
+        return await self._write(op)
+
+    async def _token(self, token_id: str) -> dict[str, Any]:
+        def read(conn: sqlite3.Connection) -> dict[str, Any]:
+            row = conn.execute(f"SELECT {self._TOKEN_COLS} FROM tokens WHERE id = ?", (token_id,)).fetchone()
+            if row is None:
+                raise token_not_found(token_id)
+            return self._token_doc(row)
+
+        return await self._read(read)
+
+    async def _revoke_token(self, token_id: str, now: float) -> dict[str, Any]:
+        def op(tx: _Tx) -> dict[str, Any]:
+            tx.conn.execute("UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?", (now, token_id))
+            row = tx.conn.execute(f"SELECT {self._TOKEN_COLS} FROM tokens WHERE id = ?", (token_id,)).fetchone()
+            if row is None:
+                raise token_not_found(token_id)
+            return {k: v for k, v in self._token_doc(row).items() if k != "hash"}
+
+        return await self._write(op)
+
+    async def _tokens(self) -> list[dict[str, Any]]:
+        def read(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = conn.execute(f"SELECT {self._TOKEN_COLS} FROM tokens ORDER BY created_at DESC").fetchall()
+            return [{k: v for k, v in self._token_doc(r).items() if k != "hash"} for r in rows]
+
+        return await self._read(read)
 
     # ------------------------------------------------------------------ events
 

@@ -281,7 +281,7 @@ class Worker:
         if len(self._logs) >= MAX_LOG_BACKLOG:
             self._logs_dropped += 1
             return
-        self._logs.append({"job_id": job.id, **line})
+        self._logs.append({"job_id": job.id, "lease": job.lease, **line})
         if len(self._logs) == 1 or len(self._logs) >= LOG_BATCH:
             self._outcome_ready.set()
 
@@ -380,7 +380,8 @@ class Worker:
         since: int | None = None
         delay = 0.5
         while True:
-            params = {"kind": models.EV_ABORTED, **({"since": str(since)} if since is not None else {})}
+            params = {"kind": models.EV_ABORTED, "queue": ",".join(self.queues),
+                      **({"since": str(since)} if since is not None else {})}
             try:
                 async with self.client.session.ws_connect(self.client.endpoint_url + "api/v1/events", params=params,
                                                           headers=self.client.headers, heartbeat=30) as ws:
