@@ -20,10 +20,16 @@ setup(
         "asyncpg>=0.29",
     ],
     extras_require={
+        "jwt": [
+            "PyJWT>=2.8",
+            "cryptography>=41",
+        ],
         "test": [
             "pytest>=8",
             "pytest-asyncio>=0.23",
             "pytest-timeout>=2.2",
+            "PyJWT>=2.8",
+            "cryptography>=41",
         ],
     },
     entry_points={

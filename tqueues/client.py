@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 import time
 from typing import Any, AsyncIterator, Callable, Coroutine, Iterable, Mapping, TypeVar
@@ -46,12 +47,18 @@ class Client:
     """Async HTTP client of one dispatcher; reuses keep-alive connections."""
 
     def __init__(self, endpoint_url: str = DEFAULT_URL, *, session: aiohttp.ClientSession | None = None,
-                 timeout: float = 30.0, token: str | None = None) -> None:
+                 timeout: float = 30.0, token: str | None = None, cafile: str | None = None) -> None:
         self.endpoint_url = endpoint_url.rstrip("/") + "/"
         self.timeout = timeout
         self._session = session
         self._own_session = session is None
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        # https with a private CA: verify against cafile (default: the system's CAs)
+        self._ssl: ssl.SSLContext | bool = ssl.create_default_context(cafile=cafile) if cafile else True
+
+    def __repr__(self) -> str:
+        # Never the token.
+        return f"<tqueues.Client {self.endpoint_url}>"
 
     @property
     def headers(self) -> dict[str, str]:
@@ -68,7 +75,7 @@ class Client:
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60), json_serialize=models.dumps_str)
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ssl=self._ssl), json_serialize=models.dumps_str)
             self._own_session = True
         return self._session
 

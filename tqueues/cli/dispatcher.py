@@ -18,6 +18,15 @@ Options:
   --pool-size N              Database connections (PostgreSQL) [default: 10]
   --max-wait SECONDS         Longest long-poll a client may ask for [default: 60]
   --max-body BYTES           Largest request body accepted [default: 16777216]
+  --auth                     Require a token on every route but the health check (see docs/security.md)
+  --tokens-file PATH         Also accept the tokens listed in this JSON file
+  --jwt-public-key PEM       Also accept RS256 JWTs signed by the private half of this public key
+  --jwt-audience AUD         The "aud" a JWT must carry [default: tqueues]
+  --rate-limit N             Requests per second per token; 0 for none [default: 0]
+  --rate-burst N             Requests a token may send at once above its rate (default: 2 x rate)
+  --insecure                 Allow listening beyond loopback without --auth
+  --certfile PEM             Serve HTTPS with this certificate (chain)
+  --keyfile PEM              The certificate's private key
   --access-log               Log every request
   --loglevel LEVEL           DEBUG, INFO, WARNING or ERROR [default: INFO]
   -h --help                  Show this screen
@@ -27,6 +36,7 @@ Examples:
   tqueues_dispatcher --db sqlite:///./tqueues.db --bind 127.0.0.1:8000
   tqueues_dispatcher --db sqlite:////var/lib/tqueues/jobs.db --lease 60 --loglevel WARNING
   tqueues_dispatcher --db postgresql://tqueues@db.internal/tqueues --bind 127.0.0.1:8001 --pool-size 20
+  tqueues_dispatcher --auth --bind 0.0.0.0:8443 --certfile cert.pem --keyfile key.pem --rate-limit 500
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 import sys
 from typing import Any, Sequence
 
@@ -75,23 +86,66 @@ def bind_address(value: str) -> tuple[str, int]:
 
 def settings_from(args: dict[str, Any]) -> Settings:
     domains = [d.strip() for d in (args["--allowed_domains"] or "").split(",") if d.strip()]
+    auth = bool(args["--auth"] or args["--tokens-file"] or args["--jwt-public-key"])
     return Settings(lease=number(args, "--lease", minimum=0.05), max_wait=number(args, "--max-wait", minimum=0),
                     max_body=number(args, "--max-body", minimum=1024, integer=True), allowed_domains=domains,
-                    open_store=False)
+                    open_store=False, auth=auth, tokens_file=args["--tokens-file"],
+                    jwt_public_key=args["--jwt-public-key"], jwt_audience=args["--jwt-audience"],
+                    rate_limit=number(args, "--rate-limit"), rate_burst=number(args, "--rate-burst", minimum=1) or 0.0)
 
 
-async def serve(url: str, settings: Settings, host: str, port: int, access_log: bool, pool_size: int) -> None:
+LOOPBACK = ("127.", "::1", "localhost")
+
+
+def check_exposure(host: str, settings: Settings, insecure: bool) -> str | None:
+    """Without authentication, serve loopback only unless told otherwise; the warning to log
+    once listening, if any."""
+    if settings.auth:
+        return None
+    if not host.startswith(LOOPBACK):
+        if not insecure:
+            raise UsageError(f"refusing to listen on {host} without --auth: anyone who can reach it could run "
+                             "jobs; add --auth (see docs/security.md) or --insecure")
+        return f"no authentication and listening on {host}: anyone who can reach it can run jobs"
+    return "no authentication: serving loopback only (use --auth to serve other hosts)"
+
+
+def tls_context(args: dict[str, Any]) -> ssl.SSLContext | None:
+    certfile, keyfile = args["--certfile"], args["--keyfile"]
+    if not certfile and not keyfile:
+        return None
+    if not certfile:
+        raise UsageError("--keyfile needs --certfile")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise UsageError(f"cannot load --certfile/--keyfile: {exc}") from None
+    return context
+
+
+async def serve(url: str, settings: Settings, host: str, port: int, access_log: bool, pool_size: int,
+                tls: ssl.SSLContext | None = None, exposure: str | None = None) -> None:
     store = open_store(url, pool_size=pool_size)
     await store.open()
-    runner = web.AppRunner(create_app(store, settings), access_log=log if access_log else None, handle_signals=False)
+    try:
+        app = create_app(store, settings)
+    except BaseException:
+        await store.close()
+        raise
+    runner = web.AppRunner(app, access_log=log if access_log else None, handle_signals=False)
     try:
         await runner.setup()
-        site = web.TCPSite(runner, host, port, reuse_address=True, backlog=1024)
+        site = web.TCPSite(runner, host, port, reuse_address=True, backlog=1024, ssl_context=tls)
         await site.start()
         bound = [s.getsockname() for s in site._server.sockets] if site._server else []  # type: ignore[union-attr]
         actual = bound[0][1] if bound else port
-        log.info("tqueues dispatcher listening on http://%s:%d/ (store %s)", host, actual, store.scheme)
-        print(f"tqueues dispatcher listening on http://{host}:{actual}/", flush=True)
+        scheme = "https" if tls else "http"
+        log.info("tqueues dispatcher listening on %s://%s:%d/ (store %s%s)", scheme, host, actual, store.scheme,
+                 ", authentication required" if settings.auth else "")
+        print(f"tqueues dispatcher listening on {scheme}://{host}:{actual}/", flush=True)
+        if exposure:
+            log.warning(exposure) if "anyone" in exposure else log.info(exposure)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -112,8 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         host, port = bind_address(args["--bind"])
         settings = settings_from(args)
         setup_logging(level)
+        exposure = check_exposure(host, settings, args["--insecure"])
+        tls = tls_context(args)
         pool_size = number(args, "--pool-size", minimum=2, integer=True)
-        asyncio.run(serve(url, settings, host, port, args["--access-log"], pool_size))
+        asyncio.run(serve(url, settings, host, port, args["--access-log"], pool_size, tls, exposure))
         return 0
 
     return run(PROG, go)

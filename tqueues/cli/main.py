@@ -4,26 +4,33 @@ Usage:
   tqueues demo [--db URL]
   tqueues init-db URL
   tqueues enqueue METHOD [ARG...] [--queue QUEUE] [--kwargs JSON] [--priority N] [--delay SECONDS]
-                  [--max-attempts N] [--timeout SECONDS] [--key KEY] [--wait] [--json] [--endpoint_url URL]
-  tqueues show JOB_ID [--json] [--endpoint_url URL]
-  tqueues jobs [--queue QUEUE] [--status STATUS] [--method METHOD] [--limit N] [--json] [--endpoint_url URL]
-  tqueues logs JOB_ID [--follow] [--json] [--endpoint_url URL]
-  tqueues abort JOB_ID [--json] [--endpoint_url URL]
-  tqueues retry JOB_ID [--json] [--endpoint_url URL]
-  tqueues queues [--json] [--endpoint_url URL]
-  tqueues pause QUEUE_NAME [--json] [--endpoint_url URL]
-  tqueues resume QUEUE_NAME [--json] [--endpoint_url URL]
-  tqueues workers [--json] [--endpoint_url URL]
-  tqueues stop-worker WORKER_ID [--json] [--endpoint_url URL]
-  tqueues watch [--queue QUEUE] [--json] [--endpoint_url URL]
-  tqueues stats [--window SECONDS] [--json] [--endpoint_url URL]
-  tqueues prune --older-than AGE [--json] [--endpoint_url URL]
+                  [--max-attempts N] [--timeout SECONDS] [--key KEY] [--wait] [--json] [--endpoint_url URL] [--token TOKEN]
+  tqueues show JOB_ID [--json] [--endpoint_url URL] [--token TOKEN]
+  tqueues jobs [--queue QUEUE] [--status STATUS] [--method METHOD] [--limit N] [--json] [--endpoint_url URL] [--token TOKEN]
+  tqueues logs JOB_ID [--follow] [--json] [--endpoint_url URL] [--token TOKEN]
+  tqueues abort JOB_ID [--json] [--endpoint_url URL] [--token TOKEN]
+  tqueues retry JOB_ID [--json] [--endpoint_url URL] [--token TOKEN]
+  tqueues queues [--json] [--endpoint_url URL] [--token TOKEN]
+  tqueues pause QUEUE_NAME [--json] [--endpoint_url URL] [--token TOKEN]
+  tqueues resume QUEUE_NAME [--json] [--endpoint_url URL] [--token TOKEN]
+  tqueues workers [--json] [--endpoint_url URL] [--token TOKEN]
+  tqueues stop-worker WORKER_ID [--json] [--endpoint_url URL] [--token TOKEN]
+  tqueues watch [--queue QUEUE] [--json] [--endpoint_url URL] [--token TOKEN]
+  tqueues stats [--window SECONDS] [--json] [--endpoint_url URL] [--token TOKEN]
+  tqueues prune --older-than AGE [--json] [--endpoint_url URL] [--token TOKEN]
+  tqueues token create --db URL (--scope SCOPE)... [--queue GLOB]... [--method GLOB]... [--name NAME] [--expires SECONDS]
+  tqueues token revoke --db URL TOKEN_OR_ID
+  tqueues token list --db URL [--json]
   tqueues -h | --help
   tqueues --version
 
 Options:
   --endpoint_url URL   The dispatcher (default: $TQUEUES_URL or http://127.0.0.1:8000/)
-  --queue QUEUE        Queue name (enqueue: default)
+  --token TOKEN        Bearer token for the dispatcher (default: $TQUEUES_TOKEN)
+  --scope SCOPE        submit, work, read or admin (repeat for several)
+  --name NAME          A label for the token
+  --expires SECONDS    The token stops working after this long
+  --queue QUEUE        Queue name (enqueue: default); for tokens, a queue glob (repeat; default *)
   --kwargs JSON        Keyword arguments as a JSON object
   --priority N         Higher runs first
   --delay SECONDS      Run no earlier than this many seconds from now
@@ -31,7 +38,7 @@ Options:
   --timeout SECONDS    Stop the job after this long
   --key KEY            Idempotency key: enqueue once, however often this is repeated
   --status STATUS      pending, started, finished, failed or aborted
-  --method METHOD      Only jobs of this function
+  --method METHOD      Only jobs of this function; for tokens, a method glob it may enqueue (repeat)
   --limit N            How many jobs to list [default: 20]
   --wait               Wait until the job ends and print it
   --follow             Keep printing new lines until the job ends
@@ -260,6 +267,53 @@ def init_db(url: str) -> int:
     return 0
 
 
+async def _with_store(url: str, action: Callable[[Any], Awaitable[Any]]) -> Any:
+    from ..store import open_store
+
+    store = open_store(url)
+    await store.open()
+    try:
+        return await action(store)
+    finally:
+        await store.close()
+
+
+async def token_create(args: dict[str, Any]) -> int:
+    """Print the new token alone on stdout: it is shown this once and stored only as a hash."""
+    from ..dispatcher import auth
+
+    expires = number(args, "--expires", minimum=1)
+    token, _ = await _with_store(args["--db"], lambda store: auth.create_token(
+        store, args["--scope"], args["--queue"] or ["*"], args["--method"] or ["*"], args["--name"], expires))
+    print(token)
+    return 0
+
+
+async def token_revoke(args: dict[str, Any]) -> int:
+    from ..dispatcher import auth
+
+    given = args["TOKEN_OR_ID"]
+    record = await _with_store(args["--db"], lambda store: store.revoke_token(auth.token_id_of(given) or given))
+    print(f"token {record['id']} revoked")
+    return 0
+
+
+async def token_list(args: dict[str, Any]) -> int:
+    records = await _with_store(args["--db"], lambda store: store.tokens())
+    if args["--json"]:
+        print(models.dumps_str(records))
+    else:
+        print(table([{**r, "scopes": ",".join(r["scopes"]), "queues": ",".join(r["queues"]),
+                      "created": _when(r["created_at"]), "revoked": _when(r["revoked_at"])} for r in records],
+                    ["id", "name", "scopes", "queues", "created", "revoked"]))
+    return 0
+
+
+TOKEN_COMMANDS: dict[str, Callable[[dict[str, Any]], Awaitable[int]]] = {
+    "create": token_create, "revoke": token_revoke, "list": token_list,
+}
+
+
 COMMANDS: dict[str, Callable[[Client, dict[str, Any]], Awaitable[int]]] = {
     "enqueue": enqueue, "show": show, "jobs": jobs, "logs": logs, "abort": abort, "retry": retry,
     "queues": queues, "pause": pause, "resume": resume, "workers": workers, "stop-worker": stop_worker,
@@ -270,17 +324,25 @@ COMMANDS: dict[str, Callable[[Client, dict[str, Any]], Awaitable[int]]] = {
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(__doc__ or "", argv, PROG)
 
+    if not args["token"]:   # --queue and --method repeat only for tokens
+        for name in ("--queue", "--method"):
+            values = args[name]
+            args[name] = values[-1] if values else None
+
     def go() -> int:
+        if args["token"]:
+            return asyncio.run(TOKEN_COMMANDS[next(c for c in TOKEN_COMMANDS if args[c])](args))
         if args["demo"]:
             from .demo import run_demo
             return run_demo(args["--db"])
         if args["init-db"]:
             return init_db(args["URL"])
         url = args["--endpoint_url"] or os.environ.get("TQUEUES_URL") or "http://127.0.0.1:8000/"
+        token = args["--token"] or os.environ.get("TQUEUES_TOKEN") or None
         command = next(name for name in COMMANDS if args[name])
 
         async def call() -> int:
-            async with Client(url) as client:
+            async with Client(url, token=token) as client:
                 try:
                     return await COMMANDS[command](client, args)
                 except ClientError as exc:

@@ -16,7 +16,8 @@ Options:
   --stop-grace SECONDS   How long a job stopped by its timeout or an abort may clean up before
                          it is killed [default: 3]
   --wait SECONDS         Long-poll duration of a claim [default: 30]
-  --token TOKEN          Bearer token for the dispatcher [default: ]
+  --token TOKEN          Bearer token for the dispatcher (default: $TQUEUES_TOKEN) [default: ]
+  --cafile PEM           Certificate authority to verify an https dispatcher with
   --loglevel LEVEL       DEBUG, INFO, WARNING or ERROR [default: INFO]
   -h --help              Show this screen
   --version              Show version
@@ -51,7 +52,7 @@ def build(args: dict[str, Any]) -> Worker:
                   isolation=args["--isolation"], grace=number(args, "--grace"),
                   wait=number(args, "--wait"), timeout=number(args, "--timeout", minimum=0.001),
                   stop_grace=number(args, "--stop-grace"),
-                  token=args["--token"] or os.environ.get("TQUEUES_TOKEN") or None)
+                  token=args["--token"] or os.environ.get("TQUEUES_TOKEN") or None, cafile=args["--cafile"])
 
 
 async def serve(worker: Worker) -> None:

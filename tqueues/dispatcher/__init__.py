@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from .app import HUB, SETTINGS, STORE, Settings, create_app
+from .app import AUTH, HUB, LIMITER, SETTINGS, STORE, Settings, create_app
 
-__all__ = ["create_app", "Settings", "STORE", "SETTINGS", "HUB"]
+__all__ = ["create_app", "Settings", "STORE", "SETTINGS", "HUB", "AUTH", "LIMITER"]

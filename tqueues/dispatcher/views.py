@@ -602,7 +602,7 @@ class StrictQueues:
         if time.monotonic() - self._read_at > self.TTL:
             await self._read_workers(app)
         missing = self._missing(jobs)
-        if missing and time.monotonic() - self._read_at > 0.05:
+        if missing:   # a worker may have registered it since the last read
             await self._read_workers(app)
             missing = self._missing(jobs)
         if missing:

@@ -42,7 +42,7 @@ class Worker:
                  functions: Iterable[Callable[..., Any]] = (), modules: Iterable[str] = (),
                  concurrency: int = 1, wait: float = 30.0, isolation: str = "process", grace: float = 30.0,
                  timeout: float | None = None, worker_id: str | None = None, token: str | None = None,
-                 stop_grace: float = 3.0) -> None:
+                 stop_grace: float = 3.0, cafile: str | None = None) -> None:
         self.queues = [queues] if isinstance(queues, str) else list(queues)
         for queue in self.queues:
             models.check_queue(queue)
@@ -57,7 +57,7 @@ class Worker:
             self.registry.add(fn)
         for module in modules:
             self.registry.add_module(module)
-        self.client = Client(endpoint_url, token=token, timeout=30.0)
+        self.client = Client(endpoint_url, token=token, timeout=30.0, cafile=cafile)
         self.concurrency = concurrency
         self.wait = wait
         self.isolation = isolation
