@@ -58,13 +58,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     data TEXT NOT NULL,
     result TEXT,
     error TEXT,
-    key TEXT UNIQUE,
+    key TEXT,
     created_at REAL NOT NULL,
     started_at REAL,
     finished_at REAL,
     updated_at REAL NOT NULL,
     secrets TEXT
 );
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_key ON jobs (key) WHERE key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (queue, priority DESC, run_at, seq) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS jobs_next ON jobs (queue, run_at) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS jobs_leases ON jobs (lease_expires) WHERE status = 'started';
