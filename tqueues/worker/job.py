@@ -12,6 +12,7 @@ an exception. The exception is recorded, then suppressed, so one bad job never s
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import traceback
 from typing import TYPE_CHECKING, Any, Callable
@@ -25,14 +26,16 @@ if TYPE_CHECKING:
     from .worker import Worker
 
 
+@functools.lru_cache(maxsize=4096)
 def wants_job(fn: Callable[..., Any]) -> bool:
-    """True when ``fn`` declares a ``tq_parent_job`` parameter."""
+    """True when ``fn`` declares a ``tq_parent_job`` parameter (remembered per function)."""
     try:
         return "tq_parent_job" in inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return False
 
 
+@functools.lru_cache(maxsize=4096)
 def is_async(fn: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
 
@@ -56,7 +59,7 @@ class Job:
         self.result: Any = None
         self.lost = False          # the lease was lost: aborted, re-leased or ended elsewhere
         self._inner: asyncio.Future[Any] | None = None
-        self._stop_requested = asyncio.Event()
+        self._wake: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.method} attempt {self.attempt}>"
@@ -110,12 +113,17 @@ class Job:
         """
         inner = self._inner
         assert inner is not None
-        stop = asyncio.ensure_future(self._stop_requested.wait())
+        # One future woken by the function's end or by lose(): cheaper than a task per job.
+        wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._wake = wake
+        inner.add_done_callback(lambda _: wake.done() or wake.set_result(None))
+        if self.lost and not wake.done():
+            wake.set_result(None)
         try:
-            done, _ = await asyncio.wait({inner, stop}, timeout=self.timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-        if inner not in done:
+            await (wake if self.timeout is None else asyncio.wait_for(wake, self.timeout))
+        except asyncio.TimeoutError:
+            pass
+        if not inner.done():
             inner.cancel()
             await asyncio.wait({inner}, timeout=self.worker.stop_grace)
             if self.lost:
@@ -133,7 +141,8 @@ class Job:
         """The dispatcher no longer holds this lease for us (aborted, re-leased): stop the
         function and report nothing."""
         self.lost = True
-        self._stop_requested.set()
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
 
     # ------------------------------------------------------------------ context manager
 
