@@ -622,7 +622,51 @@ class PostgresStore(Store):
 
     async def _complete(self, outcomes: list[Outcome], now: float) -> list[dict[str, Any]]:
         async def op(tx: _Tx) -> list[dict[str, Any]]:
-            return [await self._complete_one(tx, outcome, now) for outcome in outcomes]
+            # Fenced completions that finished are applied set-wise: three statements per batch
+            # instead of three per job. Anything else goes through _complete_one, after the
+            # set-wise writes pending so far have been applied (it reads the database).
+            conn = tx.conn
+            ids = list(dict.fromkeys(o.id for o in outcomes))
+            rows = await conn.fetch(f"SELECT {COLS} FROM tqueues_jobs WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE", ids)
+            jobs = {row["id"]: row_to_job(row) for row in rows}
+            out: list[dict[str, Any]] = []
+            finished: list[tuple[str, Any, int]] = []
+
+            async def flush() -> None:
+                if not finished:
+                    return
+                await conn.execute(
+                    "UPDATE tqueues_jobs j SET status = 'finished', result = f.result, error = NULL, lease = NULL,"
+                    " lease_expires = NULL, finished_at = $1, updated_at = $1"
+                    " FROM unnest($2::text[], $3::jsonb[]) AS f(id, result) WHERE j.id = f.id",
+                    now, [f[0] for f in finished], [f[1] for f in finished])
+                await conn.execute(
+                    "UPDATE tqueues_executions e SET status = 'finished', finished_at = $1"
+                    " FROM unnest($2::text[], $3::int[]) AS x(job_id, attempt) WHERE e.job_id = x.job_id AND e.attempt = x.attempt",
+                    now, [f[0] for f in finished], [f[2] for f in finished])
+                finished.clear()
+
+            for outcome in outcomes:
+                job = jobs.get(outcome.id)
+                fenced = (job is not None and outcome.lease is not None and outcome.status == models.FINISHED
+                          and job["status"] == models.STARTED and job["lease"] == outcome.lease)
+                if not fenced:
+                    await flush()
+                    result = await self._complete_one(tx, outcome, now)
+                    if result["ok"]:
+                        jobs[outcome.id] = result["job"]
+                    out.append(result)
+                    continue
+                assert job is not None
+                value = models.to_jsonable(outcome.result)
+                new = {**job, "status": models.FINISHED, "result": value, "error": None, "lease": None,
+                       "lease_expires": None, "finished_at": now, "updated_at": now}
+                finished.append((outcome.id, value, job["attempts"]))
+                jobs[outcome.id] = new
+                tx.emit(models.EV_FINISHED, new)
+                out.append(ok(new))
+            await flush()
+            return out
 
         return await self._write(op)
 
