@@ -62,6 +62,31 @@ class MethodNotRegistered(TQueuesError):
     code = "method_not_registered"
 
 
+class Unauthorized(TQueuesError):
+    """Authentication required: send a valid token as 'Authorization: Bearer <token>'."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(TQueuesError):
+    """This token does not allow that."""
+
+    status = 403
+    code = "forbidden"
+
+
+class RateLimited(TQueuesError):
+    """Too many requests; slow down."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"too many requests; retry in {retry_after:.2f} s")
+        self.retry_after = retry_after
+
+
 class Conflict(TQueuesError):
     """The object changed in the meantime; nothing was modified."""
 

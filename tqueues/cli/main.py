@@ -163,34 +163,25 @@ async def logs(client: Client, args: dict[str, Any]) -> int:
             return 0
 
 
-async def abort(client: Client, args: dict[str, Any]) -> int:
-    job = await client.abort(args["JOB_ID"])
-    print(models.dumps_str(job) if args["--json"] else f"{job['id']} {job['status']}")
-    return 0
+# Commands that act on one thing and print what it became: client method, argument, summary.
+ACTIONS: dict[str, tuple[str, str, Callable[[dict[str, Any]], str]]] = {
+    "abort": ("abort", "JOB_ID", lambda job: f"{job['id']} {job['status']}"),
+    "retry": ("retry", "JOB_ID", lambda job: f"{job['id']} {job['status']}"),
+    "pause": ("pause", "QUEUE_NAME", lambda queue: f"{queue['name']} paused"),
+    "resume": ("resume", "QUEUE_NAME", lambda queue: f"{queue['name']} resumed"),
+    "stop-worker": ("stop_worker", "WORKER_ID", lambda worker: f"{worker['id']} asked to stop"),
+}
 
 
-async def retry(client: Client, args: dict[str, Any]) -> int:
-    job = await client.retry(args["JOB_ID"])
-    print(models.dumps_str(job) if args["--json"] else f"{job['id']} {job['status']}")
-    return 0
+def action(command: str) -> Callable[[Client, dict[str, Any]], Awaitable[int]]:
+    method, argument, summary = ACTIONS[command]
 
+    async def run_action(client: Client, args: dict[str, Any]) -> int:
+        done = await getattr(client, method)(args[argument])
+        print(models.dumps_str(done) if args["--json"] else summary(done))
+        return 0
 
-async def pause(client: Client, args: dict[str, Any]) -> int:
-    queue = await client.pause(args["QUEUE_NAME"])
-    print(models.dumps_str(queue) if args["--json"] else f"{queue['name']} paused")
-    return 0
-
-
-async def resume(client: Client, args: dict[str, Any]) -> int:
-    queue = await client.resume(args["QUEUE_NAME"])
-    print(models.dumps_str(queue) if args["--json"] else f"{queue['name']} resumed")
-    return 0
-
-
-async def stop_worker(client: Client, args: dict[str, Any]) -> int:
-    worker = await client.stop_worker(args["WORKER_ID"])
-    print(models.dumps_str(worker) if args["--json"] else f"{worker['id']} asked to stop")
-    return 0
+    return run_action
 
 
 async def stats(client: Client, args: dict[str, Any]) -> int:
@@ -315,9 +306,8 @@ TOKEN_COMMANDS: dict[str, Callable[[dict[str, Any]], Awaitable[int]]] = {
 
 
 COMMANDS: dict[str, Callable[[Client, dict[str, Any]], Awaitable[int]]] = {
-    "enqueue": enqueue, "show": show, "jobs": jobs, "logs": logs, "abort": abort, "retry": retry,
-    "queues": queues, "pause": pause, "resume": resume, "workers": workers, "stop-worker": stop_worker,
-    "watch": watch, "stats": stats, "prune": prune,
+    "enqueue": enqueue, "show": show, "jobs": jobs, "logs": logs, "queues": queues, "workers": workers,
+    "watch": watch, "stats": stats, "prune": prune, **{name: action(name) for name in ACTIONS},
 }
 
 

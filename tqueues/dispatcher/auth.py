@@ -39,7 +39,7 @@ from typing import Any, Iterable
 from aiohttp import web
 
 from .. import models
-from ..errors import InvalidRequest, NotFound, TQueuesError
+from ..errors import Forbidden, InvalidRequest, NotFound, RateLimited, Unauthorized
 
 log = logging.getLogger("tqueues.dispatcher.auth")
 
@@ -47,31 +47,6 @@ SCOPES = ("submit", "work", "read", "admin")
 TOKEN_PREFIX = "tq_"
 CACHE_SECONDS = 1.0        # a revoked token stops working within this long
 MAX_RATE_KEYS = 10_000     # principals tracked by the rate limiter (least recently seen dropped)
-
-
-class Unauthorized(TQueuesError):
-    """Authentication required: send a valid token as 'Authorization: Bearer <token>'."""
-
-    status = 401
-    code = "unauthorized"
-
-
-class Forbidden(TQueuesError):
-    """This token does not allow that."""
-
-    status = 403
-    code = "forbidden"
-
-
-class RateLimited(TQueuesError):
-    """Too many requests; slow down."""
-
-    status = 429
-    code = "rate_limited"
-
-    def __init__(self, retry_after: float) -> None:
-        super().__init__(f"too many requests; retry in {retry_after:.2f} s")
-        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)

@@ -147,11 +147,17 @@ def integer(body: Mapping[str, Any], name: str, default: int, *, minimum: int, m
     return value
 
 
-def leases(body: Mapping[str, Any], name: str = "leases") -> list[tuple[str, str]]:
-    """``[{"id", "lease"}, …]`` from a body."""
+def batch(body: Mapping[str, Any], name: str) -> list[Any]:
+    """``body[name]``: a list of at most MAX_BATCH items."""
     items = field(body, name, list)
     if len(items) > models.MAX_BATCH:
         raise InvalidRequest(f"{name}: at most {models.MAX_BATCH} items", field=name)
+    return items
+
+
+def leases(body: Mapping[str, Any], name: str = "leases") -> list[tuple[str, str]]:
+    """``[{"id", "lease"}, …]`` from a body."""
+    items = batch(body, name)
     out = []
     for index, item in enumerate(items):
         if not isinstance(item, dict):

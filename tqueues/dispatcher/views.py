@@ -15,7 +15,7 @@ from . import auth
 from .app import SETTINGS, STORE, app_state
 from .auth import principal_of, require_all_queues, require_lease, require_method, require_queue, require_queues
 from .feeds import Feed, Hub, run_feed
-from .http import (field, integer, json_response, leases, number, query_float, query_int, query_str,
+from .http import (batch, field, integer, json_response, leases, number, query_float, query_int, query_str,
                    read_json, read_object)
 from .openapi import OPENAPI
 
@@ -255,9 +255,7 @@ MAX_LINE = 64 * 1024
 async def post_logs(request: web.Request) -> web.Response:
     store, _, _ = app_state(request)
     body = await read_object(request)
-    items = field(body, "lines", list)
-    if len(items) > models.MAX_BATCH:
-        raise InvalidRequest(f"lines: at most {models.MAX_BATCH} per request", field="lines")
+    items = batch(body, "lines")
     lines = []
     for index, item in enumerate(items):
         if not isinstance(item, dict):
@@ -324,10 +322,7 @@ async def claim(request: web.Request) -> web.Response:
 async def complete_batch(request: web.Request) -> web.Response:
     store, _, _ = app_state(request)
     body = await read_object(request)
-    items = field(body, "outcomes", list)
-    if len(items) > models.MAX_BATCH:
-        raise InvalidRequest(f"outcomes: at most {models.MAX_BATCH} items", field="outcomes")
-    outcomes = [parse_outcome(item) for item in items]
+    outcomes = [parse_outcome(item) for item in batch(body, "outcomes")]
     for outcome in outcomes:
         require_lease(request, outcome.lease)
     results = await store.complete(outcomes)

@@ -66,6 +66,20 @@ class Outcome:
     retry: bool = True
 
 
+def new_job(spec: models.NewJob, now: float) -> dict[str, Any]:
+    """The document of a job about to be inserted (every backend stores exactly this)."""
+    return {
+        "id": models.new_id(), "queue": spec.queue, "method": spec.method,
+        "args": spec.args, "kwargs": spec.kwargs, "status": models.PENDING,
+        "priority": spec.priority, "run_at": spec.run_at if spec.run_at is not None else now,
+        "attempts": 0, "max_attempts": spec.max_attempts, "timeout": spec.timeout,
+        "backoff": spec.backoff, "lease": None, "lease_expires": None, "worker": None,
+        "data": spec.data, "result": None, "error": None, "key": spec.key,
+        "created_at": now, "started_at": None, "finished_at": None, "updated_at": now,
+        "secrets": spec.secrets or None,
+    }
+
+
 def ok(job: dict[str, Any]) -> dict[str, Any]:
     """One item of a batch answer that succeeded."""
     return {"id": job["id"], "ok": True, "status": job["status"], "job": job}

@@ -31,7 +31,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from .. import models
 from ..errors import ConfigurationError, Conflict, JobNotFound, LeaseConflict, StoreUnavailable, TQueuesError
-from .base import JOB_KEYS, Outcome, Store, conflict, ok, redact, token_not_found, worker_not_found
+from .base import JOB_KEYS, Outcome, Store, conflict, new_job, ok, redact, token_not_found, worker_not_found
 
 try:  # imported lazily by open_store; the module itself needs the driver
     import asyncpg
@@ -457,16 +457,7 @@ class PostgresStore(Store):
                 if spec.key is not None and spec.key in existing:
                     out[index] = (existing[spec.key], False)
                     continue
-                doc = {
-                    "id": models.new_id(), "queue": spec.queue, "method": spec.method,
-                    "args": spec.args, "kwargs": spec.kwargs, "status": models.PENDING,
-                    "priority": spec.priority, "run_at": spec.run_at if spec.run_at is not None else now,
-                    "attempts": 0, "max_attempts": spec.max_attempts, "timeout": spec.timeout,
-                    "backoff": spec.backoff, "lease": None, "lease_expires": None, "worker": None,
-                    "data": spec.data, "result": None, "error": None, "key": spec.key,
-                    "created_at": now, "started_at": None, "finished_at": None, "updated_at": now,
-                    "secrets": spec.secrets or None,
-                }
+                doc = new_job(spec, now)
                 if spec.key is not None:
                     existing[spec.key] = doc
                 rows.append(tuple(doc[k] for k in JOB_KEYS))

@@ -30,7 +30,7 @@ from urllib.parse import unquote, urlsplit
 
 from .. import models
 from ..errors import Conflict, ConfigurationError, InvalidRequest, JobNotFound, LeaseConflict, StoreUnavailable, TQueuesError
-from .base import JOB_KEYS, Outcome, Store, conflict, ok, token_not_found, worker_not_found
+from .base import JOB_KEYS, Outcome, Store, conflict, new_job, ok, token_not_found, worker_not_found
 
 log = logging.getLogger("tqueues.store.sqlite")
 
@@ -414,16 +414,7 @@ class SQLiteStore(Store):
                     if existing is not None:
                         out[index] = (existing, False)
                         continue
-                doc = {
-                    "id": models.new_id(), "queue": spec.queue, "method": spec.method,
-                    "args": spec.args, "kwargs": spec.kwargs, "status": models.PENDING,
-                    "priority": spec.priority, "run_at": spec.run_at if spec.run_at is not None else now,
-                    "attempts": 0, "max_attempts": spec.max_attempts, "timeout": spec.timeout,
-                    "backoff": spec.backoff, "lease": None, "lease_expires": None, "worker": None,
-                    "data": spec.data, "result": None, "error": None, "key": spec.key,
-                    "created_at": now, "started_at": None, "finished_at": None, "updated_at": now,
-                    "secrets": spec.secrets or None,
-                }
+                doc = new_job(spec, now)
                 if spec.key is not None:
                     seen_keys[spec.key] = doc
                 rows.append(tuple(models.dumps_str(doc[k]) if k in JSON_COLS else doc[k] for k in JOB_KEYS))
