@@ -30,6 +30,7 @@ setup(
             "pytest-timeout>=2.2",
             "PyJWT>=2.8",
             "cryptography>=41",
+            "hypothesis>=6.100",
         ],
     },
     entry_points={

@@ -368,7 +368,8 @@ for name, body in {"older_than missing": {}, "older_than negative": {"older_than
 R = "POST /api/v1/tokens"
 body_cases(R)
 for name, body in {"scopes missing": {}, "scopes not a list": {"scopes": "admin"}, "unknown scope": {"scopes": ["root"]},
-                   "empty scopes": {"scopes": []}, "queues not a list": {"scopes": ["read"], "queues": "q"},
+                   "empty scopes": {"scopes": []}, "a scope that is a list": {"scopes": [[]]},
+                   "queues not a list": {"scopes": ["read"], "queues": "q"}, "a queue glob that is a list": {"scopes": ["read"], "queues": [[]]},
                    "queue glob not a string": {"scopes": ["read"], "queues": [5]},
                    "expires_in negative": {"scopes": ["read"], "expires_in": -1},
                    "name too long": {"scopes": ["read"], "name": "n" * 201}}.items():

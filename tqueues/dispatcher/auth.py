@@ -104,19 +104,19 @@ def token_id_of(token: str) -> str | None:
     return token_id if sep and token_id and secret else None
 
 
-def check_scopes(scopes: Iterable[str]) -> list[str]:
-    out = sorted(set(scopes))
-    if not out or any(scope not in SCOPES for scope in out):
+def check_scopes(scopes: Iterable[Any]) -> list[str]:
+    given = list(scopes)
+    if not given or not all(isinstance(scope, str) and scope in SCOPES for scope in given):
         raise InvalidRequest(f"scope: each must be one of {', '.join(SCOPES)}", field="scope")
-    return out
+    return sorted(set(given))
 
 
-def check_globs(globs: Iterable[str], name: str) -> list[str]:
-    out = list(dict.fromkeys(globs)) or ["*"]
-    for glob in out:
+def check_globs(globs: Iterable[Any], name: str) -> list[str]:
+    given = list(globs)
+    for glob in given:
         if not isinstance(glob, str) or not glob or len(glob) > 256:
             raise InvalidRequest(f"{name}: globs must be strings of 1-256 characters", field=name)
-    return out
+    return list(dict.fromkeys(given)) or ["*"]
 
 
 async def create_token(store: Any, scopes: Iterable[str], queues: Iterable[str] = ("*",),

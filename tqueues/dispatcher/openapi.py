@@ -14,11 +14,26 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
     return {"content": {"application/json": {"schema": schema}}}
 
 
+# What any route may answer besides its own outcomes: authentication and scopes (with --auth),
+# the rate limit, and the store being unreachable. Routes reading a body may also answer 413.
+COMMON_ERRORS = {401: "No valid token (with --auth)", 403: "The token lacks a scope, queue or method",
+                 429: "Rate limit reached; see Retry-After", 503: "The store is unreachable; see Retry-After"}
+ERROR_TEXT = {400: "Malformed request", 404: "Unknown object", 409: "Conflict: nothing changed",
+              413: "Request body too large", 422: "Method not registered on a strict queue"}
+
+
 def _op(summary: str, *, body: dict[str, Any] | None = None, ok: dict[str, Any] | None = None,
-        params: list[dict[str, Any]] | None = None, errors: tuple[int, ...] = (400,)) -> dict[str, Any]:
+        params: list[dict[str, Any]] | None = None, errors: tuple[int, ...] = (400,),
+        created: bool = False) -> dict[str, Any]:
     responses: dict[str, Any] = {"200": {"description": "OK", **_json(ok or {"type": "object"})}}
-    for status in errors:
-        responses[str(status)] = {"description": "Error", **_json(ERROR)}
+    if created:
+        responses["201"] = {"description": "Created", **_json(ok or {"type": "object"})}
+    statuses = {**{status: ERROR_TEXT.get(status, "Error") for status in errors}, **COMMON_ERRORS}
+    if body is not None:
+        statuses[400] = ERROR_TEXT[400]
+        statuses[413] = ERROR_TEXT[413]
+    for status in sorted(statuses):
+        responses[str(status)] = {"description": statuses[status], **_json(ERROR)}
     op: dict[str, Any] = {"summary": summary, "responses": responses}
     if body is not None:
         op["requestBody"] = {"required": True, **_json(body)}
@@ -46,12 +61,14 @@ OPENAPI: dict[str, Any] = {
                             " right scope or queue, 429 past the rate limit)."},
     "paths": {
         "/api/v1/jobs": {
-            "post": _op("Enqueue one job, a list of jobs, or {\"jobs\": [...]}",
+            "post": _op("Enqueue one job, a list of jobs, or {\"jobs\": [...]} (201 when any job was created;"
+                        " 422 for a method no worker of a strict queue registered)", created=True, errors=(400, 422),
                         body={"oneOf": [{"$ref": "#/components/schemas/NewJob"},
                                         {"type": "array", "items": {"$ref": "#/components/schemas/NewJob"}}]},
                         ok={"oneOf": [JOB, {"type": "object", "properties": {"jobs": {"type": "array", "items": JOB}}}]}),
-            "get": _op("List jobs, newest first", params=[_q("queue"), _q("status"), _q("method"),
-                                                          _q("limit", "integer"), _q("before", description="job id cursor")]),
+            "get": _op("List jobs, newest first (404 when the before cursor names no job)", errors=(400, 404),
+                       params=[_q("queue"), _q("status"), _q("method"), _q("limit", "integer"),
+                               _q("before", description="job id cursor")]),
         },
         "/api/v1/jobs/{id}": {
             "get": _op("Get a job; with wait=SECONDS, wait for it to end", ok=JOB,
@@ -60,7 +77,7 @@ OPENAPI: dict[str, Any] = {
                          body={"type": "object", "required": ["data"],
                                "properties": {"data": {"type": "object"}, "lease": {"type": "string"}}}),
         },
-        "/api/v1/jobs/{id}/abort": {"post": _op("Abort a pending or started job", params=[ID], ok=JOB, errors=(404, 409))},
+        "/api/v1/jobs/{id}/abort": {"post": _op("Abort a pending or started job", params=[ID], ok=JOB, errors=(400, 404, 409))},
         "/api/v1/jobs/{id}/executions": {"get": _op("Every attempt of a job (with logs=true, each with its captured lines)",
                                                     params=[ID, _q("logs", "boolean")], errors=(400, 404),
                                                     ok={"type": "array", "items": {"$ref": "#/components/schemas/Execution"}})},
@@ -103,7 +120,7 @@ OPENAPI: dict[str, Any] = {
         "/api/v1/queues/{name}/pause": {"post": _op("Pause a queue: no claims until resumed", params=[NAME])},
         "/api/v1/queues/{name}/resume": {"post": _op("Resume a paused queue", params=[NAME])},
         "/api/v1/workers": {
-            "post": _op("Register a worker", body={"type": "object", "required": ["id"]}),
+            "post": _op("Register a worker", body={"type": "object", "required": ["id"]}, created=True),
             "get": _op("Registered workers with last_seen and status", errors=()),
         },
         "/api/v1/events": {"get": _op("Events since a seq, as a JSON list (the cursor is in the X-Last-Seq header);"
@@ -120,7 +137,7 @@ OPENAPI: dict[str, Any] = {
             "type": "object", "required": ["older_than"], "properties": {"older_than": {"type": "number"}}})},
         "/api/v1/tokens": {
             "get": _op("Access tokens (never their secrets)", errors=(401, 403)),
-            "post": _op("Create an access token; the answer is the only place it is shown", errors=(400, 401, 403), body={
+            "post": _op("Create an access token; the answer is the only place it is shown", errors=(400,), created=True, body={
                 "type": "object", "required": ["scopes"], "properties": {
                     "scopes": {"type": "array", "items": {"enum": ["submit", "work", "read", "admin"]}},
                     "queues": {"type": "array", "items": {"type": "string"}},
