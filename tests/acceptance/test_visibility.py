@@ -196,9 +196,9 @@ async def test_cli_watch_redraws_a_live_table_in_a_terminal(cluster: Cluster) ->
         assert b"tqueues watch" in read_until(b"tqueues watch", 15)
         async with Client(url) as client:
             job = await client.enqueue("support.jobs:echo", queue="watched")
-        screen = read_until(job["id"][:12].encode(), 10)
-        assert job["id"][:12].encode() in screen and b"\x1b[2J" in screen
-        assert b"pending 1" in screen.split(job["id"][:12].encode())[0].rsplit(b"\x1b[2J", 1)[-1]
+        screen = read_until(job["id"][-12:].encode(), 10)
+        assert job["id"][-12:].encode() in screen and b"\x1b[2J" in screen
+        assert b"pending 1" in screen.split(job["id"][-12:].encode())[0].rsplit(b"\x1b[2J", 1)[-1]
     finally:
         proc.terminate()
         proc.wait(10)

@@ -50,13 +50,13 @@ async def _show(client: Client) -> int:
     for method, args, options in JOBS:
         job = await client.enqueue(method, *args, queue="demo", **options)
         jobs.append(job)
-        print(f"  {job['id'][:8]}  {method}({', '.join(map(repr, args))})")
+        print(f"  {job['id'][-8:]}  {method}({', '.join(map(repr, args))})")
     print("results, as they finish:")
 
     async def one(job: dict[str, Any]) -> dict[str, Any]:
         done = await client.wait(job["id"], timeout=60)
         detail = repr(done["result"]) if done["status"] == "finished" else f"{done['error']['type']}: {done['error']['message']}"
-        print(f"  {done['id'][:8]}  {done['status']:<8} attempts={done['attempts']}  {done['method']} -> {detail}", flush=True)
+        print(f"  {done['id'][-8:]}  {done['status']:<8} attempts={done['attempts']}  {done['method']} -> {detail}", flush=True)
         return done
 
     finished = await asyncio.gather(*(one(job) for job in jobs))

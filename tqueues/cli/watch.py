@@ -67,7 +67,7 @@ class View:
         for job in sorted(self.jobs.values(), key=lambda j: j["updated_at"], reverse=True)[:ROWS]:
             tries = f"{job['attempts']}/{job['max_attempts']}"
             age = f"{now - job['created_at']:.0f}s"
-            lines.append(f"{job['id'][:12]:<12}  {job['queue'][:12]:<12}  {job['status']:<9}  {tries:>5}  {age:>7}  {job['method']}")
+            lines.append(f"{job['id'][-12:]:<12}  {job['queue'][:12]:<12}  {job['status']:<9}  {tries:>5}  {age:>7}  {job['method']}")
         return CLEAR + "\n".join(line[:width] for line in lines) + "\n"
 
 

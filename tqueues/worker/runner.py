@@ -64,7 +64,7 @@ class _Stopped:
 def _on_sigterm(signum: int, frame: Any) -> None:
     """Stop the job cooperatively: SystemExit unwinds it (finally blocks run), then the child exits."""
     _Stopped.requested = True
-    raise SystemExit("the job was stopped (timeout, abort or shutdown)")
+    raise SystemExit(128 + signum)   # a number: Python prints nothing on the way out
 
 
 def _child_main(conn: multiprocessing.connection.Connection) -> None:
