@@ -119,3 +119,17 @@ async def ticker(count: int, every: float) -> int:
         print(f"tick {i}", flush=True)
         await asyncio.sleep(every)
     return count
+
+
+def exit_hard(code: int = 1) -> None:
+    """Kills its own process, as a segfault or a stray os._exit would."""
+    os._exit(code)
+
+
+def burn(seconds: float) -> int:
+    """Keeps a CPU busy (no sleeping, no awaiting) for ``seconds``."""
+    deadline = time.monotonic() + seconds
+    spins = 0
+    while time.monotonic() < deadline:
+        spins += 1
+    return spins

@@ -171,6 +171,6 @@ def error_of(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, RemoteError):
         return models.error_doc(exc.exc_type, exc.message, exc.traceback)
     if isinstance(exc, ChildDied):
-        return models.error_doc("ChildDied", str(exc), None)
+        return models.error_doc("WorkerLost", str(exc), None)
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     return models.error_doc(type(exc).__name__, str(exc), tb)

@@ -155,7 +155,7 @@ class ProcessPool:
                         message = await loop.run_in_executor(self._threads, child.conn.recv)
                     except (EOFError, OSError):
                         await loop.run_in_executor(self._threads, child.process.join, 5)
-                        raise ChildDied(f"the job's process exited with code {child.process.exitcode}") from None
+                        raise ChildDied(f"the job's process exited with code {child.process.exitcode} before it answered") from None
                     if message[0] == "log":
                         on_log(message[1])
                         continue
