@@ -567,15 +567,18 @@ class PostgresStore(Store):
         async def op(tx: _Tx) -> list[dict[str, Any]]:
             conn = tx.conn
             lease = lease_prefix + secrets.token_hex(16)
+            # One queue (the usual case) is an equality, so the ready index is walked in order and
+            # the walk stops after `limit` rows; `= ANY(...)` makes PostgreSQL sort every ready job.
+            match = "queue = $5::text" if len(queues) == 1 else "queue = ANY($5::text[])"
             rows = await conn.fetch(
                 f"UPDATE tqueues_jobs j SET status = 'started', attempts = j.attempts + 1, lease = $1,"
                 f" lease_expires = $2, worker = $3, started_at = $4, updated_at = $4"
-                f" FROM (SELECT seq FROM tqueues_jobs WHERE status = 'pending' AND queue = ANY($5::text[])"
+                f" FROM (SELECT seq FROM tqueues_jobs WHERE status = 'pending' AND {match}"
                 f"       AND run_at <= $4"
                 f"       AND queue NOT IN (SELECT name FROM tqueues_queues WHERE paused)"
                 f"       ORDER BY priority DESC, run_at, seq LIMIT $6 FOR UPDATE SKIP LOCKED) c"
                 f" WHERE j.seq = c.seq RETURNING j.seq AS _order, {JCOLS}",
-                lease, now + lease_seconds, worker, now, queues, limit)
+                lease, now + lease_seconds, worker, now, queues[0] if len(queues) == 1 else queues, limit)
             rows = sorted(rows, key=lambda r: (-r["priority"], r["run_at"], r["_order"]))
             jobs = [row_to_job(r) for r in rows]
             if not jobs:
