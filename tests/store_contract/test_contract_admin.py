@@ -209,3 +209,79 @@ async def test_given_a_negative_age_when_pruning_then_invalid_request(store: Sto
     with pytest.raises(InvalidRequest):
         await store.prune(-1.0)
     assert (await store.get(job["id"]))["status"] == models.ABORTED
+
+
+# --------------------------------------------------------------------------- what the dashboard reads
+
+
+async def test_given_pending_jobs_when_listing_queues_then_the_oldest_pending_creation_is_given(store: Store) -> None:
+    # Given queue a with two pending jobs made a moment apart, of which the older is then claimed,
+    # and queue b whose only job has finished
+    first = await put(store, "a")
+    await asyncio.sleep(0.02)
+    second = await put(store, "a")
+    await asyncio.sleep(0.02)
+    await put(store, "a")
+    await put(store, "b")
+    await finish(store, await take(store, "b"))
+    claimed = await take(store, "a")
+
+    # When queues are listed
+    queues = {q["name"]: q for q in await store.queues()}
+
+    # Then a's oldest pending job is the second one (the first is started), and b has none
+    assert claimed["id"] == first["id"]
+    assert queues["a"]["oldest_pending"] == pytest.approx(second["created_at"])
+    assert queues["b"]["oldest_pending"] is None
+
+
+async def test_given_jobs_when_searched_by_text_then_id_method_key_args_and_error_match_but_not_kwargs(
+        store: Store) -> None:
+    # Given jobs that differ in method, key, arguments, keyword arguments and error
+    mailer = await put(store, "q", method="app.mail:send_Welcome")
+    keyed = await put(store, "q", key="invoice-4711")
+    argued = await put(store, "q", args=["needle-in-args", 3])
+    await put(store, "q", kwargs={"password": "hunter2-needle"})
+    failing = await put(store, "f", max_attempts=1)
+    await fail(store, await take(store, "f"), retry=False,
+               error=models.error_doc("KeyError", "missing column 50%_done", "Traceback ..."))
+
+    async def search(text: str) -> set[str]:
+        return {job["id"] for job in await store.list_jobs(text=text)}
+
+    # When searched, case-insensitively, for part of each
+    # Then exactly the matching jobs come back; keyword arguments are never searched
+    assert await search("SEND_welcome") == {mailer["id"]}
+    assert await search("voice-47") == {keyed["id"]}
+    assert await search("needle") == {argued["id"]}
+    assert await search("50%_done") == {failing["id"]}
+    assert await search("0%_") == {failing["id"]}
+    assert await search("5_%") == set()      # LIKE wildcards are taken literally
+    assert await search(argued["id"][-8:]) == {argued["id"]}
+    assert await search("hunter2") == set()
+    assert [j["id"] for j in await store.list_jobs(text="needle", status=models.PENDING, queue="q")] == [argued["id"]]
+    with pytest.raises(InvalidRequest):
+        await store.list_jobs(text="")
+
+
+async def test_given_jobs_ended_over_time_when_stats_has_a_step_then_the_series_counts_them_per_bucket(
+        store: Store) -> None:
+    # Given three jobs finished and one failed just now
+    await store.enqueue([spec("s", max_attempts=1) for _ in range(4)])
+    for _ in range(3):
+        await finish(store, await take(store, "s"))
+    await fail(store, await take(store, "s"), retry=False)
+
+    # When stats are read over 60 s in 10 s steps
+    stats = await store.stats(60.0, 10.0)
+
+    # Then there are six buckets, oldest first, and the last holds every recent end
+    series = stats["series"]
+    assert len(series) == 6
+    assert [b["start"] for b in series] == sorted(b["start"] for b in series)
+    assert series[-1]["start"] <= models.now() <= series[-1]["start"] + 10.0 + 1.0
+    assert sum(b["finished"] for b in series) == 3 and sum(b["failed"] for b in series) == 1
+    assert series[-1]["finished"] == 3 and series[-1]["failed"] == 1
+    assert "series" not in await store.stats(60.0)
+    with pytest.raises(InvalidRequest):
+        await store.stats(60.0, 0.001)

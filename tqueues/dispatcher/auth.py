@@ -295,6 +295,7 @@ ROUTE_SCOPES: dict[tuple[str, str], tuple[str, ...] | None] = {
     ("DELETE", "/api/v1/tokens/{id}"): ("admin",),
     ("GET", "/api/v1/openapi.json"): SCOPES,
     ("GET", "/api/v1/health"): None,
+    ("GET", "/api/v1/me"): SCOPES,
     # the TQueues root API
     ("GET", "/"): ("work",),
     ("POST", "/"): ("submit",),

@@ -68,7 +68,8 @@ OPENAPI: dict[str, Any] = {
                         ok={"oneOf": [JOB, {"type": "object", "properties": {"jobs": {"type": "array", "items": JOB}}}]}),
             "get": _op("List jobs, newest first (404 when the before cursor names no job)", errors=(400, 404),
                        params=[_q("queue"), _q("status"), _q("method"), _q("limit", "integer"),
-                               _q("before", description="job id cursor")]),
+                               _q("before", description="job id cursor"),
+                               _q("text", description="part of the id, method, key, arguments or error")]),
         },
         "/api/v1/jobs/{id}": {
             "get": _op("Get a job; with wait=SECONDS, wait for it to end", ok=JOB,
@@ -132,7 +133,8 @@ OPENAPI: dict[str, Any] = {
         "/api/v1/openapi.json": {"get": _op("This OpenAPI document", errors=())},
         "/api/v1/workers/{id}/stop": {"post": _op("Ask a worker to drain and exit", params=[ID], errors=(400, 404))},
         "/api/v1/stats": {"get": _op("Counts per status, recent outcomes and throughput, live workers",
-                                     params=[_q("window", "number", "seconds")])},
+                                     params=[_q("window", "number", "seconds"),
+                                             _q("step", "number", "seconds per bucket of the series")])},
         "/api/v1/prune": {"post": _op("Delete ended jobs older than older_than seconds", body={
             "type": "object", "required": ["older_than"], "properties": {"older_than": {"type": "number"}}})},
         "/api/v1/tokens": {
@@ -146,6 +148,7 @@ OPENAPI: dict[str, Any] = {
         },
         "/api/v1/tokens/{id}": {"delete": _op("Revoke an access token", params=[ID], errors=(400, 401, 403, 404))},
         "/api/v1/health": {"get": _op("Liveness of the dispatcher (open without a token)", errors=())},
+        "/api/v1/me": {"get": _op("The presented token: kind, id, scopes, queues and methods", errors=())},
     },
     "components": {"schemas": {
         "Error": {"type": "object", "required": ["error"], "properties": {"error": {

@@ -182,7 +182,7 @@ async def list_jobs(request: web.Request) -> web.Response:
         require_all_queues(request, "listing jobs")
     jobs = await store.list_jobs(queue=queue, status=query_str(request, "status"), method=query_str(request, "method"),
                                  limit=query_int(request, "limit", 100, minimum=1, maximum=1000),
-                                 before=query_str(request, "before"))
+                                 before=query_str(request, "before"), text=query_str(request, "text"))
     return json_response({"jobs": [shown(j) for j in jobs], "next": jobs[-1]["id"] if jobs else None})
 
 
@@ -493,7 +493,8 @@ async def stats(request: web.Request) -> web.Response:
     store, settings, _ = app_state(request)
     require_all_queues(request, "statistics over all queues")
     window = query_float(request, "window", 300.0, minimum=1.0, maximum=7 * 86400)
-    answer = await store.stats(window)
+    step = query_float(request, "step", 0.0, minimum=0.0, maximum=7 * 86400) or None
+    answer = await store.stats(window, step)
     now = models.now()
     workers = await store.workers()
     answer["workers"] = {"alive": sum(1 for w in workers if w.get("status") != "stopped"
@@ -610,6 +611,15 @@ async def openapi(request: web.Request) -> web.Response:
     return json_response(OPENAPI)
 
 
+async def me(request: web.Request) -> web.Response:
+    """Who the request's token is, so a client (the dashboard) offers only what it may do."""
+    principal = principal_of(request)
+    settings = request.app[SETTINGS]
+    return json_response({"auth": settings.auth, "kind": principal.kind, "id": principal.id,
+                          "scopes": sorted(principal.scopes), "queues": list(principal.queues),
+                          "methods": list(principal.methods)})
+
+
 async def health(request: web.Request) -> web.Response:
     store, _, hub = app_state(request)
     return json_response({"ok": True, "version": __version__, "store": store.scheme, "events_seen": hub.events_seen})
@@ -648,6 +658,7 @@ ROUTES = [
     ("GET", "/api/v1/events", events),
     ("GET", "/api/v1/openapi.json", openapi),
     ("GET", "/api/v1/health", health),
+    ("GET", "/api/v1/me", me),
 ]
 
 __all__ = ["ROUTES", "claim_wait", "LeaseConflict"]

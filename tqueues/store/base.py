@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import math
 import random
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
@@ -190,16 +191,21 @@ class Store(abc.ABC):
 
     async def list_jobs(self, *, queue: str | None = None, status: str | None = None,
                         method: str | None = None, limit: int = 100,
-                        before: str | None = None) -> list[dict[str, Any]]:
+                        before: str | None = None, text: str | None = None) -> list[dict[str, Any]]:
         """Jobs matching every given filter, newest first, at most ``limit`` (1-1000).
 
         ``before`` is a job id: only jobs created before it are returned (pagination).
+        ``text`` matches, case-insensitively, part of the id, method, idempotency key, the
+        positional arguments or the error. Keyword arguments are not searched: they may hold
+        secrets, and a search would tell their values one guess at a time.
         """
+        if text is not None and not 1 <= len(text) <= 200:
+            raise InvalidRequest("text: must be 1 to 200 characters", field="text")
         if status is not None and status not in models.STATUSES:
             raise InvalidRequest(f"status: must be one of {', '.join(models.STATUSES)}", field="status")
         if not 1 <= limit <= 1000:
             raise InvalidRequest("limit: must be between 1 and 1000", field="limit")
-        return await self._list_jobs(queue, status, method, limit, before)
+        return await self._list_jobs(queue, status, method, limit, before, text)
 
     async def executions(self, job_id: str) -> list[dict[str, Any]]:
         """Every attempt of a job, oldest first. Raises JobNotFound."""
@@ -312,22 +318,39 @@ class Store(abc.ABC):
     # ------------------------------------------------------------------ queues
 
     async def queues(self) -> list[dict[str, Any]]:
-        """Every queue with ``paused``, ``strict`` and ``counts`` per status."""
+        """Every queue with ``paused``, ``strict``, ``counts`` per status and
+        ``oldest_pending`` (when the oldest pending job was created, or None)."""
         return await self._queues()
 
-    async def stats(self, window: float = 300.0) -> dict[str, Any]:
+    async def stats(self, window: float = 300.0, step: float | None = None) -> dict[str, Any]:
         """Counts per status over all queues, and how many jobs ended ``finished`` and
         ``failed`` in the last ``window`` seconds: ``{"counts": {...}, "window": s,
-        "finished": n, "failed": n}``."""
+        "finished": n, "failed": n}``.
+
+        With ``step``, also ``"series"``: the window cut into buckets of ``step`` seconds, oldest
+        first, each ``{"start": t, "finished": n, "failed": n}`` (at most 1,000 buckets).
+        """
         if not 0 < window <= 7 * 86400:
             raise InvalidRequest("window: must be between 0 and 604800 seconds", field="window")
+        if step is not None and not (window / 1000 <= step <= window and step > 0):
+            raise InvalidRequest("step: must be positive, at most the window and at least window/1000", field="step")
         counts = dict.fromkeys(models.STATUSES, 0)
         for queue in await self.queues():
             for status, count in queue["counts"].items():
                 counts[status] += count
         recent = await self._ended_since(models.now() - window)
-        return {"counts": counts, "window": window, "finished": recent.get(models.FINISHED, 0),
-                "failed": recent.get(models.FAILED, 0)}
+        answer: dict[str, Any] = {"counts": counts, "window": window, "finished": recent.get(models.FINISHED, 0),
+                                  "failed": recent.get(models.FAILED, 0)}
+        if step is not None:
+            end = models.now()
+            buckets = max(1, math.ceil(window / step))
+            start = end - buckets * step
+            series = [{"start": start + i * step, "finished": 0, "failed": 0} for i in range(buckets)]
+            for bucket, status, count in await self._ended_series(start, step):
+                if 0 <= bucket < buckets and status in (models.FINISHED, models.FAILED):
+                    series[bucket][status] += count
+            answer["series"] = series
+        return answer
 
     async def set_queue(self, name: str, *, paused: bool | None = None, strict: bool | None = None) -> dict[str, Any]:
         """Create the queue if needed and change the settings given (None leaves one as it is):
@@ -439,7 +462,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def _list_jobs(self, queue: str | None, status: str | None, method: str | None,
-                         limit: int, before: str | None) -> list[dict[str, Any]]: ...
+                         limit: int, before: str | None, text: str | None = None) -> list[dict[str, Any]]: ...
 
     @abc.abstractmethod
     async def _executions(self, job_id: str) -> list[dict[str, Any]]: ...
@@ -512,6 +535,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def _ended_since(self, since: float) -> dict[str, int]: ...
+
+    @abc.abstractmethod
+    async def _ended_series(self, since: float, step: float) -> list[tuple[int, str, int]]:
+        """``(bucket, status, count)`` of jobs that ended at or after ``since``, where bucket is
+        ``floor((finished_at - since) / step)``."""
 
     @abc.abstractmethod
     async def _append_logs(self, lines: list[dict[str, Any]]) -> int: ...

@@ -480,13 +480,18 @@ class PostgresStore(Store):
         return await self._read(lambda conn: self._require(conn, job_id))
 
     async def _list_jobs(self, queue: str | None, status: str | None, method: str | None,
-                         limit: int, before: str | None) -> list[dict[str, Any]]:
+                         limit: int, before: str | None, text: str | None = None) -> list[dict[str, Any]]:
         async def read(conn: Any) -> list[dict[str, Any]]:
             where, params = [], []
             for column, value in (("queue", queue), ("status", status), ("method", method)):
                 if value is not None:
                     params.append(value)
                     where.append(f"{column} = ${len(params)}")
+            if text is not None:
+                params.append("%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
+                n = len(params)
+                where.append(f"(id ILIKE ${n} OR method ILIKE ${n} OR key ILIKE ${n} OR args::text ILIKE ${n}"
+                             f" OR error::text ILIKE ${n})")
             if before is not None:
                 seq = await conn.fetchval("SELECT seq FROM tqueues_jobs WHERE id = $1", before)
                 if seq is None:
@@ -557,6 +562,14 @@ class PostgresStore(Store):
         async def read(conn: Any) -> dict[str, int]:
             rows = await conn.fetch("SELECT status, COUNT(*) AS n FROM tqueues_jobs WHERE finished_at >= $1 GROUP BY status", since)
             return {r["status"]: r["n"] for r in rows}
+
+        return await self._read(read)
+
+    async def _ended_series(self, since: float, step: float) -> list[tuple[int, str, int]]:
+        async def read(conn: Any) -> list[tuple[int, str, int]]:
+            rows = await conn.fetch("SELECT floor((finished_at - $1) / $2)::int AS b, status, COUNT(*) AS n"
+                                    " FROM tqueues_jobs WHERE finished_at >= $1 GROUP BY b, status", since, step)
+            return [(r["b"], r["status"], r["n"]) for r in rows]
 
         return await self._read(read)
 
@@ -810,6 +823,11 @@ class PostgresStore(Store):
                 entry = out.setdefault(row["queue"], {"name": row["queue"], "paused": False, "strict": False,
                                                       "counts": dict.fromkeys(models.STATUSES, 0)})
                 entry["counts"][row["status"]] = row["n"]
+            for entry in out.values():
+                entry["oldest_pending"] = None
+            for row in await conn.fetch("SELECT queue, MIN(created_at) AS oldest FROM tqueues_jobs"
+                                        " WHERE status = 'pending' GROUP BY queue"):
+                out[row["queue"]]["oldest_pending"] = row["oldest"]
             return [out[name] for name in sorted(out)]
 
         return await self._read(read)

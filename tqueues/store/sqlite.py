@@ -431,13 +431,17 @@ class SQLiteStore(Store):
         return await self._read(lambda conn: self._require(conn, job_id))
 
     async def _list_jobs(self, queue: str | None, status: str | None, method: str | None,
-                         limit: int, before: str | None) -> list[dict[str, Any]]:
+                         limit: int, before: str | None, text: str | None = None) -> list[dict[str, Any]]:
         def read(conn: sqlite3.Connection) -> list[dict[str, Any]]:
             where, params = [], []
             for column, value in (("queue", queue), ("status", status), ("method", method)):
                 if value is not None:
                     where.append(f"{column} = ?")
                     params.append(value)
+            if text is not None:
+                pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+                where.append("(" + " OR ".join(f"{c} LIKE ? ESCAPE '\\'" for c in ("id", "method", "key", "args", "error")) + ")")
+                params += [pattern] * 5
             if before is not None:
                 row = conn.execute("SELECT seq FROM jobs WHERE id = ?", (before,)).fetchone()
                 if row is None:
@@ -511,6 +515,13 @@ class SQLiteStore(Store):
     async def _ended_since(self, since: float) -> dict[str, int]:
         def read(conn: sqlite3.Connection) -> dict[str, int]:
             return dict(conn.execute("SELECT status, COUNT(*) FROM jobs WHERE finished_at >= ? GROUP BY status", (since,)).fetchall())
+
+        return await self._read(read)
+
+    async def _ended_series(self, since: float, step: float) -> list[tuple[int, str, int]]:
+        def read(conn: sqlite3.Connection) -> list[tuple[int, str, int]]:
+            return conn.execute("SELECT CAST((finished_at - ?) / ? AS INTEGER) AS b, status, COUNT(*) FROM jobs"
+                                " WHERE finished_at >= ? GROUP BY b, status", (since, step, since)).fetchall()
 
         return await self._read(read)
 
@@ -775,6 +786,10 @@ class SQLiteStore(Store):
                 entry = out.setdefault(name, {"name": name, "paused": False, "strict": False,
                                               "counts": dict.fromkeys(models.STATUSES, 0)})
                 entry["counts"][status] = count
+            for entry in out.values():
+                entry["oldest_pending"] = None
+            for name, oldest in conn.execute("SELECT queue, MIN(created_at) FROM jobs WHERE status = 'pending' GROUP BY queue"):
+                out[name]["oldest_pending"] = oldest
             return list(out.values())
 
         return await self._read(read)
