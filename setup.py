@@ -20,6 +20,9 @@ setup(
         "asyncpg>=0.29",
     ],
     extras_require={
+        "rethinkdb": [
+            "rethinkdb>=2.4.10",
+        ],
         "jwt": [
             "PyJWT>=2.8",
             "cryptography>=41",
@@ -31,6 +34,7 @@ setup(
             "PyJWT>=2.8",
             "cryptography>=41",
             "hypothesis>=6.100",
+            "rethinkdb>=2.4.10",   # the RethinkDB store imports in every test run
         ],
     },
     entry_points={

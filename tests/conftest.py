@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import uuid
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine, Iterator, TypeVar
 
@@ -21,7 +22,12 @@ from tqueues.store import Store, open_store
 T = TypeVar("T")
 
 # Every backend the contract suite runs on; a backend is added here once it exists.
-BACKENDS = os.environ.get("TQUEUES_TEST_BACKENDS", "sqlite,postgresql").split(",")
+# RethinkDB runs when TQUEUES_TEST_RETHINKDB names a server (rethinkdb://[user:password@]host:port)
+# and is reported as skipped otherwise. "rethinkdb-fake" (never a default) runs the in-process
+# tests on the in-memory double of tests/support/fake_rethinkdb.py.
+RETHINKDB_ENV = "TQUEUES_TEST_RETHINKDB"
+RETHINKDB_SKIP = "RethinkDB tests skipped: set TQUEUES_TEST_RETHINKDB=rethinkdb://host:port to run them"
+BACKENDS = os.environ.get("TQUEUES_TEST_BACKENDS", "sqlite,postgresql,rethinkdb").split(",")
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
@@ -57,7 +63,16 @@ def pg_template(pg_cluster: pg.Cluster) -> str:
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
+    if request.param == "rethinkdb" and not os.environ.get(RETHINKDB_ENV):
+        pytest.skip(RETHINKDB_SKIP)
     return request.param
+
+
+def rethinkdb_test_url(server: str) -> str:
+    """``server`` (a rethinkdb:// URL, any database in it ignored) with a new random database."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    return urlunsplit(urlsplit(server)._replace(path=f"/tqueues_test_{uuid.uuid4().hex[:12]}", query=""))
 
 
 @pytest.fixture
@@ -65,6 +80,21 @@ def db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iter
     """A fresh, empty database of ``backend`` for this test."""
     if backend == "sqlite":
         yield f"sqlite:///{tmp_path / 'tqueues.db'}"
+        return
+    if backend == "rethinkdb":
+        from tqueues.store.rethinkdb import drop_database
+
+        url = rethinkdb_test_url(os.environ[RETHINKDB_ENV])   # the store creates it when it opens
+        try:
+            yield url
+        finally:
+            run_sync(drop_database(url))
+        return
+    if backend == "rethinkdb-fake":
+        from support.fake_rethinkdb import FakeServer, patch_connect
+
+        with patch_connect(FakeServer()):
+            yield rethinkdb_test_url("rethinkdb://fake:28015")
         return
     cluster: pg.Cluster = request.getfixturevalue("pg_cluster")
     template: str = request.getfixturevalue("pg_template")

@@ -24,17 +24,21 @@ def _postgres(url: str, pool_size: int | None = None) -> Store:
     return PostgresStore(url, pool_size=pool_size)
 
 
-def _unavailable(name: str):
-    def make(url: str, pool_size: int | None = None) -> Store:
-        raise BackendNotAvailable(f"the {name} store is not available in this version of tqueues yet; use sqlite:///PATH")
-    return make
+def _rethinkdb(url: str, pool_size: int | None = None) -> Store:
+    try:
+        from .rethinkdb import RethinkDBStore, r
+    except ImportError as exc:  # pragma: no cover - the module imports its driver lazily itself
+        raise BackendNotAvailable(f"the RethinkDB store cannot be loaded ({exc})") from None
+    if r is None:
+        raise BackendNotAvailable("the RethinkDB store needs the rethinkdb driver: pip install 'tqueues[rethinkdb]'")
+    return RethinkDBStore(url, pool_size=pool_size)
 
 
 BACKENDS = {
     "sqlite": _sqlite,
     "postgresql": _postgres,
     "postgres": _postgres,
-    "rethinkdb": _unavailable("RethinkDB"),
+    "rethinkdb": _rethinkdb,
 }
 
 
