@@ -15,8 +15,14 @@ def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["tqueues.cli.dispatcher", "--db", "tqueues_db"], "RethinkDB"),
-    (["tqueues.cli.dispatcher", "--db", "tqueues_db", "--host", "127.0.0.1", "--port", "28015"], "RethinkDB"),
+    # TQueues flags: --db NAME on --host/--port is a RethinkDB store (port 1: nothing listens)
+    (["tqueues.cli.dispatcher", "--db", "tqueues_db", "--host", "127.0.0.1", "--port", "1"],
+     "cannot open RethinkDB store rethinkdb://127.0.0.1:1/tqueues_db"),
+    (["tqueues.cli.dispatcher", "--db", "tqueues_db", "--host", "127.0.0.1", "--port", "1", "--user", "bob",
+      "--password", "s3cret"], "RethinkDB at 127.0.0.1:1 is unreachable"),
+    (["tqueues.cli.dispatcher", "--db", "tqueues_db", "--port", "many"], "--port"),
+    (["tqueues.cli.dispatcher", "--db", "not a name"], "RethinkDB database name"),
+    (["tqueues.cli.dispatcher", "--db", "sqlite:///x.db", "--host", "127.0.0.1"], "--host applies"),
     (["tqueues.cli.dispatcher", "--db", "mysql://x/y"], "unknown store scheme"),
     (["tqueues.cli.dispatcher", "--bind", "nonsense"], "--bind"),
     (["tqueues.cli.dispatcher", "--lease", "soon"], "--lease"),
@@ -38,6 +44,27 @@ def test_given_bad_input_then_the_cli_prints_one_line_and_exits_non_zero(args: l
     assert len(lines) == 1, result.stderr
     assert needle in lines[0]
     assert "Traceback" not in result.stderr
+    assert "s3cret" not in result.stderr
+
+
+@pytest.mark.parametrize("argv, url", [
+    (["--db", "tqueues_db"], "rethinkdb://admin@localhost:28015/tqueues_db"),
+    (["--db", "jobs", "--host", "db.internal", "--port", "28016", "--user", "tq", "--password", "p@ss:w/rd"],
+     "rethinkdb://tq:p%40ss%3Aw%2Frd@db.internal:28016/jobs"),
+    (["--db", "jobs", "--host", "::1"], "rethinkdb://admin@[::1]:28015/jobs"),
+    (["--db", "sqlite:///x.db"], "sqlite:///x.db"),
+    (["--db", "postgresql://u@h/d"], "postgresql://u@h/d"),
+    (["--db", "rethinkdb://h:1/d"], "rethinkdb://h:1/d"),
+])
+def test_given_tqueues_db_flags_then_the_store_url_names_that_rethinkdb_database(argv: list[str], url: str) -> None:
+    from tqueues.cli import dispatcher
+    from tqueues.cli.common import parse
+    from tqueues.store.rethinkdb import parse_url
+
+    built = dispatcher.store_url(parse(dispatcher.__doc__ or "", argv, "tqueues_dispatcher"))
+    assert built == url
+    if built.startswith("rethinkdb://") and "--password" in argv:
+        assert parse_url(built)["password"] == "p@ss:w/rd"
 
 
 def test_given_a_dispatcher_when_the_cli_asks_for_an_unknown_job_then_it_says_so(tmp_path: Path) -> None:

@@ -6,16 +6,17 @@ Usage:
   tqueues_dispatcher --version
 
 Options:
-  --db URL                   Store: sqlite:///PATH or postgresql://USER@HOST/DB; a name without a
-                             scheme is a RethinkDB database (TQueues) [default: sqlite:///./tqueues.db]
+  --db URL                   Store: sqlite:///PATH, postgresql://USER@HOST/DB or rethinkdb://HOST:PORT/DB;
+                             a name without a scheme is a RethinkDB database, as in TQueues
+                             [default: sqlite:///./tqueues.db]
   --bind HOST:PORT           Address to listen on [default: 127.0.0.1:8000]
-  --host HOST                RethinkDB host (TQueues; only with a RethinkDB --db)
-  --port PORT                RethinkDB port (TQueues; only with a RethinkDB --db)
-  --user USER                RethinkDB user (TQueues; only with a RethinkDB --db)
-  --password PASSWORD        RethinkDB password (TQueues; only with a RethinkDB --db)
+  --host HOST                RethinkDB host, with --db NAME (TQueues); localhost if not given
+  --port PORT                RethinkDB port, with --db NAME (TQueues); 28015 if not given
+  --user USER                RethinkDB user, with --db NAME (TQueues); admin if not given
+  --password PASSWORD        RethinkDB password, with --db NAME (TQueues); none if not given
   --allowed_domains DOMAINS  Comma-separated origins allowed for CORS and websockets, e.g. 'foo.com,bar.com'
   --lease SECONDS            How long a claim lasts without a heartbeat [default: 30]
-  --pool-size N              Database connections (PostgreSQL) [default: 10]
+  --pool-size N              Database connections (PostgreSQL, RethinkDB) [default: 10]
   --max-wait SECONDS         Longest long-poll a client may ask for [default: 60]
   --max-body BYTES           Largest request body accepted [default: 16777216]
   --auth                     Require a token on every route but the health check (see docs/security.md)
@@ -36,6 +37,8 @@ Examples:
   tqueues_dispatcher --db sqlite:///./tqueues.db --bind 127.0.0.1:8000
   tqueues_dispatcher --db sqlite:////var/lib/tqueues/jobs.db --lease 60 --loglevel WARNING
   tqueues_dispatcher --db postgresql://tqueues@db.internal/tqueues --bind 127.0.0.1:8001 --pool-size 20
+  tqueues_dispatcher --db rethinkdb://db.internal:28015/tqueues
+  tqueues_dispatcher --db tqueues --host db.internal --port 28015 --user tqueues --password secret
   tqueues_dispatcher --auth --bind 0.0.0.0:8443 --certfile cert.pem --keyfile key.pem --rate-limit 500
 """
 
@@ -47,11 +50,11 @@ import signal
 import ssl
 import sys
 from typing import Any, Sequence
+from urllib.parse import quote
 
 from aiohttp import web
 
 from ..dispatcher import Settings, create_app
-from ..errors import BackendNotAvailable
 from ..store import open_store
 from .common import UsageError, loglevel, number, parse, run, setup_logging
 
@@ -59,16 +62,38 @@ PROG = "tqueues_dispatcher"
 log = logging.getLogger("tqueues.dispatcher")
 
 
+RETHINKDB_FLAGS = ("--host", "--port", "--user", "--password")
+RETHINKDB_DEFAULTS = {"--host": "localhost", "--port": "28015", "--user": "admin", "--password": None}
+
+
 def store_url(args: dict[str, Any]) -> str:
+    """The store URL: ``--db`` itself when it has a scheme, else (TQueues) the RethinkDB
+    database ``--db`` on ``--host``/``--port`` as ``--user``/``--password``."""
     db = args["--db"]
     if "://" in db:
-        for flag in ("--host", "--port", "--user", "--password"):
-            if args[flag] is not None:
+        for flag in RETHINKDB_FLAGS:
+            if args.get(flag) is not None:
                 raise UsageError(f"{flag} applies to a RethinkDB --db NAME only; put connection details in the --db URL")
         return db
-    raise BackendNotAvailable(
-        f"--db {db!r} names a RethinkDB database (TQueues style), but the RethinkDB store is not available "
-        "in this version of tqueues yet; use --db sqlite:///PATH")
+    if not db or not all(c.isalnum() or c == "_" for c in db):
+        raise UsageError(f"--db {db!r}: a RethinkDB database name is letters, digits and underscores "
+                         "(or give a store URL such as sqlite:///PATH)")
+    host = args.get("--host") or RETHINKDB_DEFAULTS["--host"]
+    port = args.get("--port") or RETHINKDB_DEFAULTS["--port"]
+    user = args.get("--user") or RETHINKDB_DEFAULTS["--user"]
+    password = args.get("--password")
+    try:
+        port_number = int(port)
+    except ValueError:
+        raise UsageError(f"--port must be a number, not {port!r}") from None
+    if not 0 < port_number <= 65535:
+        raise UsageError("--port must be between 1 and 65535")
+    if not host or any(c in host for c in "/@?# "):
+        raise UsageError(f"--host {host!r} is not a host name or address")
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"       # an IPv6 address
+    auth = quote(user, safe="") + (":" + quote(password, safe="") if password else "")
+    return f"rethinkdb://{auth}@{host}:{port_number}/{db}"
 
 
 def bind_address(value: str) -> tuple[str, int]:
