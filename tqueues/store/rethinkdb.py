@@ -929,12 +929,14 @@ class RethinkDBStore(Store):
         ``conflict="error"``: of several dispatchers enqueueing one key at once, exactly one
         inserts it. The others wait for that job to appear. A key whose job never appears
         (its dispatcher died between the two inserts, or the job was pruned and the key left
-        behind) is taken over after GRACE seconds by a conditional update.
+        behind) is taken over, by a conditional update, once this process has waited GRACE
+        seconds for it.
         """
         kid = {key: key_id(key) for key in wanted}
         existing: dict[str, dict[str, Any]] = {}
         pending = dict(wanted)
         deadline = time.monotonic() + 2 * self.GRACE + 5
+        missing_since: dict[tuple[str, str], float] = {}
         while pending:
             if time.monotonic() > deadline:
                 raise StoreUnavailable("an idempotency key is held by a job that has not appeared; retry")
@@ -955,7 +957,12 @@ class RethinkDBStore(Store):
                 if job_id in found:
                     existing[key] = public(found[job_id])
                     del pending[key]
-                elif models.now() - float(owners[key]["at"]) > self.GRACE:
+                    continue
+                # Stale only once this process has itself watched the job stay missing for
+                # GRACE (another dispatcher's clock may be off) and the key is that old too.
+                since = missing_since.setdefault((key, job_id), time.monotonic())
+                if (time.monotonic() - since >= self.GRACE
+                        and models.now() - float(owners[key]["at"]) >= self.GRACE):
                     await self._run(self.take_over_key_query(kid[key], job_id, pending[key]["id"]))
             if pending:
                 await asyncio.sleep(0.05)
