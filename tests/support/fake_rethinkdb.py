@@ -794,7 +794,8 @@ class Evaluator:
         return json.dumps(self.arg(args, 0, env), separators=(",", ":"))
 
     def t_downcase(self, args, optargs, env):
-        return self.arg(args, 0, env).lower()
+        return self.arg(args, 0, env).translate(str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ",
+                                                              "abcdefghijklmnopqrstuvwxyz"))   # ASCII only, as ReQL
 
     def t_split(self, args, optargs, env):
         text = self.arg(args, 0, env)

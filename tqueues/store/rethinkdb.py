@@ -110,10 +110,12 @@ DEFAULT_DB = "tqueues"
 DEFAULT_POOL = 4
 CONNECT_TIMEOUT = 5.0
 QUERY_TIMEOUT = 60.0
+SCHEMA_TIMEOUT = 600.0
 MAX_BACKOFF = 5.0
 CLAIM_ROUNDS = 5
 READ_CHUNK = 1000
 DB_NAME_RE = re.compile(r"^[A-Za-z0-9_]+$")
+ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 #: Job fields holding seconds since the epoch: RethinkDB stores numbers as doubles and sends
 #: whole ones without a fraction, so they are turned back into floats when read.
@@ -210,9 +212,10 @@ def text_match(j: Any, text: str) -> Any:
     arguments or error (as JSON). Keyword arguments are never searched (they may hold secrets).
 
     ``split`` on the text as a literal separator finds it without a regular expression, so no
-    character of the text is special.
+    character of the text is special. ReQL's ``downcase`` lowers ASCII letters only, so the
+    text is lowered the same way.
     """
-    needle = text.lower()
+    needle = text.translate(ASCII_LOWER)
     fields = [j["id"], j["method"], r.branch(j["key"].eq(None), "", j["key"]), j["args"].to_json_string(),
               r.branch(j["error"].eq(None), "", j["error"].to_json_string())]
     return r.or_(*(field.downcase().split(needle).count().gt(1) for field in fields))
@@ -436,10 +439,14 @@ class RethinkDBStore(Store):
         for slot, held in enumerate(self._conns):
             if held is conn:
                 self._conns[slot] = None
-        with contextlib.suppress(Exception):
-            asyncio.ensure_future(conn.close(noreply_wait=False))
 
-    async def _run(self, query: Any, *, raw: bool = False) -> Any:
+        async def close_quietly() -> None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(noreply_wait=False), 5)
+
+        asyncio.ensure_future(close_quietly())
+
+    async def _run(self, query: Any, *, raw: bool = False, timeout: float = QUERY_TIMEOUT) -> Any:
         """Run a query on a pooled connection; a cursor is read to the end into a list.
 
         Unreachable-server errors become StoreUnavailable unless ``raw`` (schema set-up needs
@@ -454,12 +461,12 @@ class RethinkDBStore(Store):
             return result
 
         try:
-            return await asyncio.wait_for(go(), QUERY_TIMEOUT)
+            return await asyncio.wait_for(go(), timeout)
         except TQueuesError:
             raise
         except asyncio.TimeoutError:
             self._discard(conn)
-            raise StoreUnavailable(f"RethinkDB did not answer within {QUERY_TIMEOUT:.0f} s") from None
+            raise StoreUnavailable(f"RethinkDB did not answer within {timeout:.0f} s") from None
         except Exception as exc:
             if raw or not _disconnected(exc):
                 raise
@@ -529,8 +536,9 @@ class RethinkDBStore(Store):
                 self._schema_error(exc)
 
         await asyncio.gather(*(create_table(n) for n in TABLES if PREFIX + n not in existing))
-        await asyncio.gather(*(self._run(r.db(self.db).table(PREFIX + n).wait(wait_for="ready_for_writes", timeout=60))
-                               for n in TABLES))
+        await asyncio.gather(*(self._run(r.db(self.db).table(PREFIX + n).wait(wait_for="ready_for_writes",
+                                                                               timeout=SCHEMA_TIMEOUT),
+                                         timeout=SCHEMA_TIMEOUT + 5) for n in TABLES))
         for table_name, indexes in index_functions().items():
             table = r.db(self.db).table(PREFIX + table_name)
             present = set(await self._run(table.index_list()))
@@ -542,7 +550,8 @@ class RethinkDBStore(Store):
                     self._schema_error(exc)
 
             await asyncio.gather(*(create_index(table, name, fn) for name, fn in indexes.items() if name not in present))
-            await self._run(table.index_wait())
+            # Building an index over an existing table can take minutes.
+            await self._run(table.index_wait(), timeout=SCHEMA_TIMEOUT)
         await self._run(self.meta.insert([{"id": "seq", "value": 0}, {"id": "log", "value": 0},
                                           {"id": "pruned", "value": 0}, {"id": "schema", "value": SCHEMA_VERSION}],
                                          conflict="error"))
