@@ -23,8 +23,8 @@ T = TypeVar("T")
 
 # Every backend the contract suite runs on; a backend is added here once it exists.
 # RethinkDB runs when TQUEUES_TEST_RETHINKDB names a server (rethinkdb://[user:password@]host:port)
-# and is reported as skipped otherwise. "rethinkdb-fake" (never a default) runs the in-process
-# tests on the in-memory double of tests/support/fake_rethinkdb.py.
+# and is reported as skipped otherwise. "rethinkdb-fake" (never a default) runs the tests on the
+# in-memory double of tests/support/fake_rethinkdb.py, reached over the wire protocol.
 RETHINKDB_ENV = "TQUEUES_TEST_RETHINKDB"
 RETHINKDB_SKIP = "RethinkDB tests skipped: set TQUEUES_TEST_RETHINKDB=rethinkdb://host:port to run them"
 BACKENDS = os.environ.get("TQUEUES_TEST_BACKENDS", "sqlite,postgresql,rethinkdb").split(",")
@@ -61,6 +61,18 @@ def pg_template(pg_cluster: pg.Cluster) -> str:
     return run_sync(pg.create_template(pg_cluster))
 
 
+@pytest.fixture(scope="session")
+def fake_rethinkdb() -> Iterator[str]:
+    """The URL of an in-memory RethinkDB double speaking the wire protocol (tests/support/fake_rethinkdb.py)."""
+    from support.fake_rethinkdb import FakeWireServer
+
+    server = FakeWireServer().start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     if request.param == "rethinkdb" and not os.environ.get(RETHINKDB_ENV):
@@ -91,10 +103,13 @@ def db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iter
             run_sync(drop_database(url))
         return
     if backend == "rethinkdb-fake":
-        from support.fake_rethinkdb import FakeServer, patch_connect
+        from tqueues.store.rethinkdb import drop_database
 
-        with patch_connect(FakeServer()):
-            yield rethinkdb_test_url("rethinkdb://fake:28015")
+        url = rethinkdb_test_url(request.getfixturevalue("fake_rethinkdb"))
+        try:
+            yield url
+        finally:
+            run_sync(drop_database(url))
         return
     cluster: pg.Cluster = request.getfixturevalue("pg_cluster")
     template: str = request.getfixturevalue("pg_template")

@@ -26,6 +26,7 @@ import copy
 import functools
 import json
 import math
+import struct
 from typing import Any, Callable, Iterator
 
 from rethinkdb import errors as rdb_errors
@@ -1010,6 +1011,241 @@ class FakeConnection:
         return wire_numbers(copy.deepcopy(json.loads(json.dumps(result))))
 
 
+# --------------------------------------------------------------------------- the wire protocol
+
+
+class FakeWireServer:
+    """The double behind a TCP port, speaking RethinkDB's wire protocol (V1_0): the SCRAM-SHA-256
+    handshake (passwords are checked), START, CONTINUE, STOP and NOREPLY_WAIT, sequences and
+    changefeeds answered as the server does. The unmodified driver connects to it, from this
+    process or any other, so a dispatcher started as a subprocess can use it too.
+
+    It runs on its own event loop in a thread: ``start()`` returns once it listens on a free
+    loopback port; ``down()`` drops every connection and refuses new ones until ``up()``.
+    """
+
+    def __init__(self, users: dict[str, str] | None = None) -> None:
+        self.server = FakeServer()
+        self.users = users if users is not None else {"admin": ""}
+        self.port = 0
+        self.refusing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: Any = None
+        self._listener: Any = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def url(self) -> str:
+        return f"rethinkdb://127.0.0.1:{self.port}"
+
+    def start(self) -> "FakeWireServer":
+        import threading
+
+        ready = threading.Event()
+
+        def run() -> None:
+            self._loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self._loop)
+
+            async def listen() -> None:
+                self._listener = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+                self.port = self._listener.sockets[0].getsockname()[1]
+                ready.set()
+
+            self._loop.run_until_complete(listen())
+            self._loop.run_forever()
+            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+            self._loop.close()
+
+        self._thread = threading.Thread(target=run, name="fake-rethinkdb", daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        return self
+
+    def _call(self, fn: Callable[[], Any]) -> None:
+        import concurrent.futures
+
+        assert self._loop is not None
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        def go() -> None:
+            try:
+                fn()
+                done.set_result(None)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                done.set_exception(exc)
+
+        self._loop.call_soon_threadsafe(go)
+        done.result(10)
+
+    def down(self) -> None:
+        """Drop every connection (and changefeed) and refuse new ones."""
+        def go() -> None:
+            self.refusing = True
+            for writer in list(self._writers):
+                writer.close()
+            self._writers.clear()
+        self._call(go)
+
+    def up(self) -> None:
+        def go() -> None:
+            self.refusing = False
+        self._call(go)
+
+    def stop(self) -> None:
+        if self._loop is None:
+            return
+
+        def go() -> None:
+            for writer in list(self._writers):
+                writer.close()
+            if self._listener is not None:
+                self._listener.close()
+            assert self._loop is not None
+            self._loop.stop()
+        self._loop.call_soon_threadsafe(go)
+        self._thread.join(10)
+        self._loop = None
+
+    # ------------------------------------------------------------------ one connection
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refusing:
+            writer.close()
+            return
+        self._writers.add(writer)
+        feeds: dict[int, FakeFeed] = {}
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            db = await self._handshake(reader, writer)
+            if db is None:
+                return
+            while True:
+                token, length = struct.unpack("<qL", await reader.readexactly(12))
+                query = json.loads(await reader.readexactly(length))
+                kind = query[0]
+                if kind == ql2_pb2.Query.QueryType.START:
+                    optargs = query[2] if len(query) > 2 else {}
+                    default_db = optargs["db"][1][0] if isinstance(optargs.get("db"), list) else None
+                    self._start(writer, token, query[1], default_db, feeds, tasks, bool(optargs.get("noreply")))
+                elif kind == ql2_pb2.Query.QueryType.CONTINUE:
+                    feed = feeds.get(token)
+                    if feed is None:
+                        self._send(writer, token, {"t": R.CLIENT_ERROR, "r": [f"Token {token} not in stream cache."],
+                                                   "b": []})
+                    else:
+                        task = asyncio.ensure_future(self._next_batch(writer, token, feed))
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
+                elif kind == ql2_pb2.Query.QueryType.STOP:
+                    feed = feeds.pop(token, None)
+                    if feed is not None:
+                        feed.close()
+                    self._send(writer, token, {"t": R.SUCCESS_SEQUENCE, "r": []})
+                elif kind == ql2_pb2.Query.QueryType.NOREPLY_WAIT:
+                    self._send(writer, token, {"t": R.WAIT_COMPLETE, "r": []})
+                else:
+                    self._send(writer, token, {"t": R.SERVER_INFO, "r": [{"id": "fake", "name": "fake", "proxy": False}]})
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            pass
+        finally:
+            for task in tasks:
+                task.cancel()
+            for feed in feeds.values():
+                feed.close()
+            self._writers.discard(writer)
+            writer.close()
+
+    async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str | None:
+        import base64
+        import hashlib
+        import hmac
+        import os
+
+        (magic,) = struct.unpack("<L", await reader.readexactly(4))
+        if magic != ql2_pb2.VersionDummy.Version.V1_0:
+            writer.write(b"ERROR: Received an unsupported protocol version.\0")
+            return None
+        first = json.loads((await reader.readuntil(b"\0"))[:-1])
+        client_first_bare = first["authentication"][3:]          # after "n,,"
+        fields = dict(part.split("=", 1) for part in client_first_bare.split(","))
+        user, client_nonce = fields["n"].replace("=2C", ",").replace("=3D", "="), fields["r"]
+        writer.write(json.dumps({"success": True, "min_protocol_version": 0, "max_protocol_version": 0,
+                                 "server_version": "2.4.4~fake"}).encode() + b"\0")
+        salt, iterations = os.urandom(16), 64
+        nonce = client_nonce + base64.standard_b64encode(os.urandom(18)).decode()
+        server_first = f"r={nonce},s={base64.standard_b64encode(salt).decode()},i={iterations}"
+        writer.write(json.dumps({"success": True, "authentication": server_first}).encode() + b"\0")
+        final = json.loads((await reader.readuntil(b"\0"))[:-1])["authentication"]
+        without_proof, proof = final.rsplit(",p=", 1)
+        salted = hashlib.pbkdf2_hmac("sha256", self.users.get(user, "\0no such user").encode(), salt, iterations)
+        auth_message = f"{client_first_bare},{server_first},{without_proof}".encode()
+        client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+        signature = hmac.new(hashlib.sha256(client_key).digest(), auth_message, hashlib.sha256).digest()
+        expected = bytes(a ^ b for a, b in zip(client_key, signature))
+        if user not in self.users or not hmac.compare_digest(expected, base64.standard_b64decode(proof)):
+            writer.write(json.dumps({"success": False, "error": "Wrong password", "error_code": 12}).encode() + b"\0")
+            return None
+        server_signature = hmac.new(hmac.new(salted, b"Server Key", hashlib.sha256).digest(), auth_message,
+                                    hashlib.sha256).digest()
+        writer.write(json.dumps({"success": True,
+                                 "authentication": "v=" + base64.standard_b64encode(server_signature).decode()})
+                     .encode() + b"\0")
+        return ""
+
+    @staticmethod
+    def _send(writer: asyncio.StreamWriter, token: int, response: dict[str, Any]) -> None:
+        body = json.dumps(wire_numbers(response), separators=(",", ":")).encode()
+        writer.write(struct.pack("<qL", token, len(body)) + body)
+
+    def _start(self, writer: asyncio.StreamWriter, token: int, term: Any, db: str | None,
+               feeds: dict[int, FakeFeed], tasks: set[asyncio.Task[None]], noreply: bool) -> None:
+        try:
+            check_wire(term)
+            self.server.queries += 1
+            evaluator = Evaluator(self.server, db)
+            raw = evaluator.eval(term, {})
+            if isinstance(raw, FakeFeed):
+                feeds[token] = raw
+                response: dict[str, Any] = {"t": R.SUCCESS_PARTIAL, "r": [], "n": [1]}   # SEQUENCE_FEED
+            else:
+                value = evaluator.datum(raw)
+                if isinstance(value, (Grouped, _Bound, tuple)):
+                    raise _logic("the fake server cannot send this value")
+                sequence = isinstance(raw, (Selection, Table)) or (isinstance(raw, list) and isinstance(term, list)
+                                                                    and term[0] in SEQUENCE_TERMS)
+                response = {"t": R.SUCCESS_SEQUENCE, "r": value} if sequence else {"t": R.SUCCESS_ATOM, "r": [value]}
+        except rdb_errors.ReqlError as exc:
+            response = {"t": R.RUNTIME_ERROR, "e": _error_type(exc), "r": [str(exc.message)], "b": []}
+        if not noreply:
+            self._send(writer, token, response)
+
+    async def _next_batch(self, writer: asyncio.StreamWriter, token: int, feed: FakeFeed) -> None:
+        first = await feed.queue.get()
+        batch = [first]
+        while not feed.queue.empty():
+            batch.append(feed.queue.get_nowait())
+        if any(item.get("closed") for item in batch):
+            self._send(writer, token, {"t": R.SUCCESS_SEQUENCE, "r": []})
+            return
+        self._send(writer, token, {"t": R.SUCCESS_PARTIAL, "r": batch, "n": [1]})
+
+
+R = ql2_pb2.Response.ResponseType
+#: Terms whose result the server streams as a sequence rather than sending as one array.
+SEQUENCE_TERMS = frozenset({T.TABLE, T.GET_ALL, T.BETWEEN, T.FILTER, T.LIMIT, T.PLUCK, T.ORDER_BY, T.BRACKET,
+                            T.GET_FIELD, T.MAP})
+
+
+def _error_type(exc: Exception) -> int:
+    E = ql2_pb2.Response.ErrorType
+    for cls, code in ((rdb_errors.ReqlNonExistenceError, E.NON_EXISTENCE), (rdb_errors.ReqlOpFailedError, E.OP_FAILED),
+                      (rdb_errors.ReqlQueryLogicError, E.QUERY_LOGIC)):
+        if isinstance(exc, cls):
+            return code
+    return E.INTERNAL
+
+
 @contextlib.contextmanager
 def patch_connect(server: FakeServer) -> Iterator[FakeServer]:
     """Make ``r.connect`` of the tqueues RethinkDB store (and of its helpers) reach ``server``."""
@@ -1029,4 +1265,4 @@ def patch_connect(server: FakeServer) -> Iterator[FakeServer]:
             store_module.r.connect = original
 
 
-__all__ = ["FakeServer", "FakeConnection", "check_wire", "compare", "patch_connect", "SIGNATURES"]
+__all__ = ["FakeServer", "FakeConnection", "FakeWireServer", "check_wire", "compare", "patch_connect", "SIGNATURES"]

@@ -361,6 +361,8 @@ class RethinkDBStore(Store):
         self._closed = True
         self._tasks: list[asyncio.Task[None]] = []
         self._feed_conn: Any = None
+        self._connecting: set[asyncio.Future[Any]] = set()
+        self._closing: set[asyncio.Future[None]] = set()
         self._seqs = _Counter(self, "seq")
         self._outbox: list[tuple[list[dict[str, Any]], asyncio.Future[None]]] = []
         self._emitting = False
@@ -393,15 +395,26 @@ class RethinkDBStore(Store):
     # ------------------------------------------------------------------ connections
 
     async def _connect(self) -> Any:
-        """A new connection, or StoreUnavailable at once while the backoff after a failure runs."""
+        """A new connection, or StoreUnavailable at once while the backoff after a failure runs.
+
+        The connection is made in a task of its own that a cancelled caller does not interrupt
+        (the driver would leave a half-open socket behind); :meth:`_close` waits for those
+        tasks, and a connection nobody is waiting for any more is closed.
+        """
         now = time.monotonic()
         if now < self._retry_at:
             raise StoreUnavailable(f"RethinkDB at {self.host}:{self.port} is unreachable ({self._last_error}); "
                                    f"retrying in {self._retry_at - now:.1f} s")
+        task = asyncio.ensure_future(asyncio.wait_for(
+            r.connect(host=self.host, port=self.port, db=self.db, user=self.user, password=self._password,
+                      timeout=CONNECT_TIMEOUT), CONNECT_TIMEOUT + 1))
+        self._connecting.add(task)
+        task.add_done_callback(self._connecting.discard)
         try:
-            conn = await asyncio.wait_for(
-                r.connect(host=self.host, port=self.port, db=self.db, user=self.user, password=self._password,
-                          timeout=CONNECT_TIMEOUT), CONNECT_TIMEOUT + 1)
+            conn = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(self._close_orphan)
+            raise
         except Exception as exc:
             if not _disconnected(exc):
                 raise
@@ -412,6 +425,20 @@ class RethinkDBStore(Store):
         self._delay = 0.0
         self._retry_at = 0.0
         return conn
+
+    def _close_orphan(self, task: asyncio.Future[Any]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            self._close_later(task.result())
+
+    def _close_later(self, conn: Any) -> None:
+        """Close a connection in the background; :meth:`_close` waits for it."""
+        async def close_quietly() -> None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(noreply_wait=False), 5)
+
+        closing = asyncio.ensure_future(close_quietly())
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
 
     async def _conn(self) -> Any:
         """A connection of the pool (round robin); a broken one is replaced."""
@@ -429,8 +456,7 @@ class RethinkDBStore(Store):
             self._conns[slot] = None
             conn = await self._connect()
             if self._closed:
-                with contextlib.suppress(Exception):
-                    await conn.close(noreply_wait=False)
+                self._close_later(conn)
                 raise StoreUnavailable("the store is closed")
             self._conns[slot] = conn
             return conn
@@ -439,12 +465,7 @@ class RethinkDBStore(Store):
         for slot, held in enumerate(self._conns):
             if held is conn:
                 self._conns[slot] = None
-
-        async def close_quietly() -> None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(conn.close(noreply_wait=False), 5)
-
-        asyncio.ensure_future(close_quietly())
+        self._close_later(conn)
 
     async def _run(self, query: Any, *, raw: bool = False, timeout: float = QUERY_TIMEOUT) -> Any:
         """Run a query on a pooled connection; a cursor is read to the end into a list.
@@ -511,7 +532,12 @@ class RethinkDBStore(Store):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(task, 10)
         self._tasks = []
+        if self._connecting:          # connections still being made: wait, then close them below
+            await asyncio.wait(set(self._connecting), timeout=CONNECT_TIMEOUT + 2)
+            await asyncio.sleep(0)    # let their done-callbacks hand orphans to _close_later
         await self._close_connections()
+        if self._closing:
+            await asyncio.wait(set(self._closing), timeout=6)
 
     async def _close_connections(self) -> None:
         conns = [c for c in self._conns if c is not None]
