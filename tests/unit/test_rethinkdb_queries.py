@@ -20,7 +20,7 @@ pytest.importorskip("rethinkdb")
 
 from rethinkdb import ql2_pb2  # noqa: E402
 from rethinkdb.ast import ReQLEncoder  # noqa: E402
-from support.fake_rethinkdb import FakeServer, check_wire, patch_connect  # noqa: E402
+from support.fake_rethinkdb import FakeServer, FakeWireServer, check_wire, patch_connect  # noqa: E402
 
 from tqueues import models  # noqa: E402
 from tqueues.errors import ConfigurationError, StoreUnavailable  # noqa: E402
@@ -436,3 +436,72 @@ async def test_opening_a_store_on_an_unreachable_server_says_which(server: FakeS
     with pytest.raises(StoreUnavailable) as caught:
         await rdb.RethinkDBStore("rethinkdb://tq:hunter2@db.internal:28016/jobs").open()
     assert "rethinkdb://db.internal:28016/jobs" in caught.value.message and "hunter2" not in caught.value.message
+
+
+# --------------------------------------------------------------------------- through the official driver
+
+
+@pytest.fixture
+def wire_server() -> Iterator[FakeWireServer]:
+    server = FakeWireServer(users={"admin": "", "tq": "s3cret"}).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_the_official_driver_carries_the_store_over_the_wire(wire_server: FakeWireServer) -> None:
+    # Given a store reaching the double through the driver (handshake with a password, cursors, changefeed)
+    url = f"rethinkdb://tq:s3cret@127.0.0.1:{wire_server.port}/tqueues_wire"
+    async with rdb.RethinkDBStore(url) as store:
+        store.POLL_INTERVAL = 5.0            # live events must come through the changefeed
+        sub = store.subscribe()
+
+        # When a job goes through its life
+        [(job, _)] = await store.enqueue([models.NewJob(queue="q", method="m:f", args=[1.5, {"deep": [1]}])])
+        [leased] = await store.claim(["q"], "w1", 5, 30.0)
+        [done] = await store.complete([Outcome(leased["id"], leased["lease"], models.FINISHED, result={"r": 1})])
+
+        # Then it is stored and read back through sequence cursors, and its events arrive live
+        assert done["ok"] and await store.get(job["id"]) == done["job"]
+        assert [j["id"] for j in await store.list_jobs(queue="q")] == [job["id"]]
+        got: list[dict[str, Any]] = []
+        while len(got) < 3:
+            got += await asyncio.wait_for(sub.get(), 3.0)
+        assert [e["kind"] for e in got] == [models.EV_CREATED, models.EV_STARTED, models.EV_FINISHED]
+        assert got == await store.events_since(0)
+
+
+async def test_wrong_credentials_are_named_when_the_store_opens(wire_server: FakeWireServer) -> None:
+    with pytest.raises(StoreUnavailable) as caught:
+        await rdb.RethinkDBStore(f"rethinkdb://tq:wrong@127.0.0.1:{wire_server.port}/tqueues_wire").open()
+    assert "refused user 'tq'" in caught.value.message and "wrong" not in caught.value.message.replace("Wrong", "")
+
+
+async def test_a_server_restart_over_the_wire_answers_unavailable_then_the_store_reconnects(
+        wire_server: FakeWireServer) -> None:
+    async with rdb.RethinkDBStore(f"{wire_server.url}/tqueues_wire") as store:
+        store.POLL_INTERVAL = 5.0
+        sub = store.subscribe()
+        await store.enqueue([models.NewJob(queue="q", method="m:f")])
+
+        # When the server drops every connection and refuses new ones
+        wire_server.down()
+        with pytest.raises(StoreUnavailable):
+            for _ in range(5):       # the first call may still find a connection the driver has not seen close
+                await asyncio.wait_for(store.list_jobs(), 2.0)
+
+        # When it is back, Then calls succeed again and the changefeed resumes
+        wire_server.up()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 8.0
+        while True:
+            try:
+                job = (await store.enqueue([models.NewJob(queue="q", method="m:f", args=["back"])]))[0][0]
+                break
+            except StoreUnavailable:
+                assert loop.time() < deadline
+                await asyncio.sleep(0.1)
+        got: list[dict[str, Any]] = []
+        while not any(e["job_id"] == job["id"] for e in got):
+            got += await asyncio.wait_for(sub.get(), 8.0)

@@ -421,6 +421,9 @@ class RethinkDBStore(Store):
             self._delay = min(self._delay * 2, MAX_BACKOFF) if self._delay else 0.1
             self._retry_at = time.monotonic() + self._delay
             self._last_error = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if isinstance(exc, rdb_errors.ReqlAuthError):
+                raise StoreUnavailable(f"RethinkDB at {self.host}:{self.port} refused user {self.user!r}: "
+                                       f"{self._last_error}") from None
             raise StoreUnavailable(f"RethinkDB at {self.host}:{self.port} is unreachable: {self._last_error}") from None
         self._delay = 0.0
         self._retry_at = 0.0
