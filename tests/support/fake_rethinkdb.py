@@ -496,8 +496,9 @@ class Evaluator:
         if name in table.indexes:
             raise rdb_errors.ReqlOpFailedError(f"Index `{name}` already exists on table `{table.db}.{table.name}`.",
                                                None, [])
+        function: Callable[..., Any]
         if len(args) < 3:
-            function: Callable[[Any], Any] = lambda doc, field=name: self.field(doc, field)
+            function = functools.partial(lambda doc, field: self.field(doc, field), field=name)
         else:
             self.deterministic(args[2], "index function")
             function = self.func(args[2], env)

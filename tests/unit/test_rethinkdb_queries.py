@@ -354,9 +354,10 @@ async def test_pruning_keeps_the_newest_event_and_readers_skip_the_pruned_range(
 
 async def test_two_dispatchers_never_lease_one_job_and_see_each_others_events(server: FakeServer) -> None:
     # Given two stores (two dispatchers) on one database, and 120 jobs
-    async with rdb.RethinkDBStore(URL) as a, rdb.RethinkDBStore(URL) as b:
-        for s in (a, b):
-            s.POLL_INTERVAL = 5.0          # live delivery must come from the changefeed
+    a, b = rdb.RethinkDBStore(URL), rdb.RethinkDBStore(URL)
+    for s in (a, b):
+        s.POLL_INTERVAL = 5.0              # live delivery must come from the changefeed
+    async with a, b:
         await a.enqueue([models.NewJob(queue="q", method="m:f", args=[i]) for i in range(120)])
         sub = b.subscribe()
 
@@ -453,8 +454,9 @@ def wire_server() -> Iterator[FakeWireServer]:
 async def test_the_official_driver_carries_the_store_over_the_wire(wire_server: FakeWireServer) -> None:
     # Given a store reaching the double through the driver (handshake with a password, cursors, changefeed)
     url = f"rethinkdb://tq:s3cret@127.0.0.1:{wire_server.port}/tqueues_wire"
-    async with rdb.RethinkDBStore(url) as store:
-        store.POLL_INTERVAL = 5.0            # live events must come through the changefeed
+    store = rdb.RethinkDBStore(url)
+    store.POLL_INTERVAL = 5.0                # live events must come through the changefeed
+    async with store:
         sub = store.subscribe()
 
         # When a job goes through its life
@@ -480,8 +482,9 @@ async def test_wrong_credentials_are_named_when_the_store_opens(wire_server: Fak
 
 async def test_a_server_restart_over_the_wire_answers_unavailable_then_the_store_reconnects(
         wire_server: FakeWireServer) -> None:
-    async with rdb.RethinkDBStore(f"{wire_server.url}/tqueues_wire") as store:
-        store.POLL_INTERVAL = 5.0
+    store = rdb.RethinkDBStore(f"{wire_server.url}/tqueues_wire")
+    store.POLL_INTERVAL = 5.0
+    async with store:
         sub = store.subscribe()
         await store.enqueue([models.NewJob(queue="q", method="m:f")])
 

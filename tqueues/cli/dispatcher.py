@@ -63,7 +63,7 @@ log = logging.getLogger("tqueues.dispatcher")
 
 
 RETHINKDB_FLAGS = ("--host", "--port", "--user", "--password")
-RETHINKDB_DEFAULTS = {"--host": "localhost", "--port": "28015", "--user": "admin", "--password": None}
+RETHINKDB_DEFAULTS = {"--host": "localhost", "--port": "28015", "--user": "admin"}
 
 
 def store_url(args: dict[str, Any]) -> str:
@@ -78,10 +78,10 @@ def store_url(args: dict[str, Any]) -> str:
     if not db or not all(c.isalnum() or c == "_" for c in db):
         raise UsageError(f"--db {db!r}: a RethinkDB database name is letters, digits and underscores "
                          "(or give a store URL such as sqlite:///PATH)")
-    host = args.get("--host") or RETHINKDB_DEFAULTS["--host"]
-    port = args.get("--port") or RETHINKDB_DEFAULTS["--port"]
-    user = args.get("--user") or RETHINKDB_DEFAULTS["--user"]
-    password = args.get("--password")
+    host: str = args.get("--host") or RETHINKDB_DEFAULTS["--host"]
+    port: str = args.get("--port") or RETHINKDB_DEFAULTS["--port"]
+    user: str = args.get("--user") or RETHINKDB_DEFAULTS["--user"]
+    password: str | None = args.get("--password")
     try:
         port_number = int(port)
     except ValueError:

@@ -1024,6 +1024,8 @@ class RethinkDBStore(Store):
                         before: str | None, text: str | None) -> Any:
         """Newest first on the index that covers the most filters; the rest are filtered on the way."""
         top = before if before is not None else r.maxval
+        low: Any
+        high: Any
         if queue is not None and status is not None:
             index, low, high = "queue_status_id", [queue, status, r.minval], [queue, status, top]
         elif queue is not None:
@@ -1306,7 +1308,8 @@ class RethinkDBStore(Store):
         won: dict[str, dict[str, Any]] = {}
         if planned:
             first = await self._seqs.reserve(len(planned))
-            plans = {job_id: {"lease": lease, "seq": first + i} for i, (job_id, lease) in enumerate(planned.items())}
+            plans: dict[str, dict[str, Any]] = {job_id: {"lease": lease, "seq": first + i}
+                                                for i, (job_id, lease) in enumerate(planned.items())}
             result = await self._run(self.release_query(plans, now))
             won = {doc["id"]: public(doc) for doc in _changes(result) if doc.get("_seq") == plans[doc["id"]]["seq"]}
             await self._emit([job_event(p["seq"], models.EV_RELEASED, won[job_id], now) if job_id in won
