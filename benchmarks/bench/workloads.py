@@ -1,0 +1,110 @@
+"""Workloads A (enqueue), B (drain) and C (pickup latency), the same for every system.
+
+Each measurement starts from a clean queue (see :meth:`Context.prepare`), runs the producer
+and the workers in processes of their own, and reads completions and start times from the
+shared recording database (:mod:`bench.record`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from .producer import WARMUP
+from .record import DONE_KEY, START_KEY
+from .util import SCRATCH, BenchError, last_error_line, percentile
+
+if TYPE_CHECKING:   # pragma: no cover
+    import subprocess
+
+    from .context import Context
+    from .peers import Peer
+
+BATCH = 1000     # jobs per batch call, the same for every system with a batch API
+
+
+def enqueue(ctx: "Context", peer: "Peer", n: int, batch: bool) -> dict[str, float]:
+    """A: jobs/s enqueued by one producer, one call per job or in batches of ``BATCH``."""
+    ctx.prepare(peer, "enqueue")
+    try:
+        args = ["batch", str(n), str(BATCH)] if batch else ["one", str(n)]
+        answer = ctx.producer(peer, args, f"{peer.name}-producer", timeout=max(120.0, n / 50))
+        return {"rate": n / answer["seconds"], "seconds": answer["seconds"]}
+    finally:
+        ctx.finish(peer)
+
+
+def start_workers(ctx: "Context", peer: "Peer") -> list["subprocess.Popen[bytes]"]:
+    env = peer.env(ctx)
+    return [ctx.procs.start(argv, name=f"{peer.name}-worker{i}", env=env)
+            for i, argv in enumerate(peer.worker_argvs(ctx))]
+
+
+def stop_workers(ctx: "Context", workers: list["subprocess.Popen[bytes]"]) -> None:
+    for proc in workers:
+        ctx.procs.stop(proc, grace=3)
+
+
+def wait_done(ctx: "Context", peer: "Peer", workers: list["subprocess.Popen[bytes]"], target: int,
+              timeout: float) -> float:
+    """Poll the completion counter every 2 ms until it reaches ``target``; the time it did."""
+    deadline = time.monotonic() + timeout
+    record = ctx.record
+    done = 0
+    while time.monotonic() < deadline:
+        done = int(record.get(DONE_KEY) or 0)
+        if done >= target:
+            return time.time()
+        if workers and all(proc.poll() is not None for proc in workers):
+            raise BenchError(f"workers exited: {last_error_line(SCRATCH / f'{peer.name}-worker0.log')}")
+        time.sleep(0.002)
+    raise BenchError(f"timeout after {timeout:g} s with {done} of {target} jobs done")
+
+
+def drain(ctx: "Context", peer: "Peer", n: int, timeout: float) -> dict[str, float]:
+    """B: ``n`` jobs queued first; wall clock from starting the workers until all ran.
+
+    Two figures: ``rate`` counts from the moment the worker processes are spawned (so a slow
+    start is part of it), ``steady`` from the first job's start to the last completion.
+    """
+    ctx.prepare(peer, "drain")
+    workers: list[subprocess.Popen[bytes]] = []
+    try:
+        ctx.producer(peer, ["fill", str(n), str(BATCH)], f"{peer.name}-producer", timeout=max(180.0, n / 50))
+        if int(ctx.record.get(DONE_KEY) or 0):
+            raise BenchError("jobs ran before any worker started")
+        spawned = time.time()
+        workers = start_workers(ctx, peer)
+        finished = wait_done(ctx, peer, workers, n, timeout)
+        first = min(float(v) for v in ctx.record.hvals(START_KEY))
+        return {"rate": n / (finished - spawned), "steady": n / max(finished - first, 1e-6),
+                "seconds": finished - spawned}
+    finally:
+        stop_workers(ctx, workers)
+        ctx.finish(peer)
+
+
+def latency(ctx: "Context", peer: "Peer", count: int, interval: float) -> dict[str, float]:
+    """C: on an idle system, ``count`` jobs ``interval`` apart; enqueue → start, in ms."""
+    ctx.prepare(peer, "latency")
+    workers: list[subprocess.Popen[bytes]] = []
+    try:
+        workers = start_workers(ctx, peer)
+        answer = ctx.producer(peer, ["paced", str(count), str(interval)], f"{peer.name}-producer",
+                              timeout=180 + count * interval, workers=workers)
+        wait_done(ctx, peer, workers, count + WARMUP, 60)
+        starts = {int(k): float(v) for k, v in ctx.record.hgetall(START_KEY).items()}
+        lags = [(starts[int(i)] - ts) * 1000.0 for i, ts in answer["enqueued"].items()]
+        return {"p50": percentile(lags, 50), "p99": percentile(lags, 99), "max": max(lags)}
+    finally:
+        stop_workers(ctx, workers)
+        ctx.finish(peer)
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line for the table."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:140].replace("|", "/")
+
+
+Result = dict[str, Any]
