@@ -67,6 +67,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="comma-separated subset of A,B,C,D,E,ceilings")
     parser.add_argument("--growth", type=int, default=0, help="pending jobs of the deep backlog in E")
     parser.add_argument("--no-write", action="store_true", help="print the table but leave results/ alone")
+    parser.add_argument("--replot", action="store_true", help="redraw results/latest.png from results/latest.json")
     args = parser.parse_args(argv)
     if args.runs is None:
         args.runs = 1 if args.quick else 3
@@ -152,6 +153,18 @@ def short(result: Any) -> str:
     return str(result)
 
 
+def revision() -> str:
+    """The tqueues commit measured (and whether its working tree had changes)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+                              cwd=BENCH_DIR.parent, check=False).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "tqueues"], capture_output=True, text=True,
+                               timeout=10, cwd=BENCH_DIR.parent, check=False).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown revision"
+    return f"tqueues at {head or 'unknown'}" + (" with local changes" if dirty else "")
+
+
 def machine() -> str:
     cpu = platform.processor() or ""
     try:
@@ -164,8 +177,40 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), Linux {platform.release()}, Python {platform.python_version()}"
 
 
+def replot() -> int:
+    """Redraw the chart from the raw figures of the last run, without measuring again."""
+    raw = json.loads((RESULTS / "latest.json").read_text())
+    known = raw.get("sizes", {})
+    size = Sizes(known.get("jobs", 10_000), known.get("big_drain", 100_000), known.get("latency_jobs", 200),
+                 0, 0.0, 0.0, [], 0)
+    metrics = build_metrics(size.jobs, size)
+    for key, values in raw["metrics"].items():
+        if key in metrics:
+            metrics[key].values = {name: list(row) for name, row in values.items()}
+    order = [p.name for p in PEERS if any(p.name in m.values for m in metrics.values())]
+    report.chart(list(metrics.values()), order, RESULTS / "latest.png",
+                 f"tqueues and its peers, {machine().split(' (')[0]}, median of {raw['runs']} run(s), min–max bars")
+    say(f"wrote {RESULTS / 'latest.png'}")
+    return 0
+
+
+def build_metrics(n: int, size: Sizes) -> dict[str, Metric]:
+    return {
+        "A1": Metric("A1", "A", f"A. enqueue {n:,} one by one", "jobs/s", True),
+        "A2": Metric("A2", "A", f"A. enqueue {n:,} in batches of {workloads.BATCH:,}", "jobs/s", True),
+        "B": Metric("B", "B", f"B. drain {n:,} queued, from worker start", "jobs/s", True),
+        "Bs": Metric("Bs", "B", f"B. drain {n:,} queued, first start → last done", "jobs/s", True),
+        "Bbig": Metric("Bbig", "B", f"B. drain {size.big_drain:,} queued (tqueues), from worker start", "jobs/s",
+                       True, ratios=False),
+        "Cp50": Metric("Cp50", "C", f"C. pickup latency p50, {size.latency_jobs} jobs 20 ms apart", "ms", False),
+        "Cp99": Metric("Cp99", "C", f"C. pickup latency p99, {size.latency_jobs} jobs 20 ms apart", "ms", False),
+    }
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    if args.replot:
+        return replot()
     size = sizes(args)
     chosen = by_name([s.strip() for s in args.only.split(",") if s.strip()]) if args.only else list(PEERS)
     wanted = {w.strip().upper() for w in args.workloads.split(",") if w.strip()}
@@ -195,16 +240,7 @@ def main(argv: list[str]) -> int:
         live = [p for p in chosen if p.name not in failed]
 
         n = size.jobs
-        metrics = {
-            "A1": Metric("A1", "A", f"A. enqueue {n:,} one by one", "jobs/s", True),
-            "A2": Metric("A2", "A", f"A. enqueue {n:,} in batches of {workloads.BATCH:,}", "jobs/s", True),
-            "B": Metric("B", "B", f"B. drain {n:,} queued, from worker start", "jobs/s", True),
-            "Bs": Metric("Bs", "B", f"B. drain {n:,} queued, first start → last done", "jobs/s", True),
-            "Bbig": Metric("Bbig", "B", f"B. drain {size.big_drain:,} queued (tqueues), from worker start", "jobs/s",
-                           True, ratios=False),
-            "Cp50": Metric("Cp50", "C", f"C. pickup latency p50, {size.latency_jobs} jobs 20 ms apart", "ms", False),
-            "Cp99": Metric("Cp99", "C", f"C. pickup latency p99, {size.latency_jobs} jobs 20 ms apart", "ms", False),
-        }
+        metrics = build_metrics(n, size)
         for peer in chosen:
             if peer.name in failed:
                 for key, metric in metrics.items():
@@ -279,7 +315,8 @@ def main(argv: list[str]) -> int:
             RESULTS.mkdir(exist_ok=True)
             (RESULTS / "latest.md").write_text(markdown)
             raw = {"metrics": {k: m.values for k, m in metrics.items()}, "fanout": fan, "growth": grow,
-                   "ceilings": ceil, "versions": versions, "runs": runs, "quick": args.quick}
+                   "ceilings": ceil, "versions": versions, "runs": runs, "quick": args.quick,
+                   "sizes": {"jobs": n, "big_drain": size.big_drain, "latency_jobs": size.latency_jobs}}
             (RESULTS / "latest.json").write_text(json.dumps(report.plain(raw), indent=1, default=str))
             order = [p.name for p in chosen]
             report.chart(list(metrics.values()), order, RESULTS / "latest.png",
@@ -307,7 +344,7 @@ def render(args: argparse.Namespace, size: Sizes, runs: int, chosen: list[Peer],
     out = ["# Benchmark results", "",
            f"{time.strftime('%Y-%m-%d %H:%M %Z')} · {machine()} · "
            f"{'quick mode' if args.quick else 'full run'} · median of {runs} run(s) with min and max · "
-           f"took {took / 60:.0f} min", ""]
+           f"took {took / 60:.0f} min · {revision()}", ""]
     out += [f"- {note}" for note in notes]
     out += ["- Job: takes a small int and returns it, recording its start time and a completion count in a "
             "shared Redis database (one pipelined round trip, the same for every system).",

@@ -148,8 +148,9 @@ def chart(metrics: Sequence[Metric], order: Sequence[str], path: Path, title: st
         if meds and max(meds) / max(min(meds), 1e-9) > 50:
             ax.set_xscale("log")
         ax.tick_params(axis="x", labelsize=8)
-        for yy, value in zip(y, meds):
-            ax.text(value, yy, " " + fmt(value, metric.unit), va="center", fontsize=7)
+        for yy, value, high in zip(y, meds, highs):
+            ax.text(value + high, yy, "  " + fmt(value, metric.unit), va="center", fontsize=7)
+        ax.set_xlim(right=ax.get_xlim()[1] * (3.0 if ax.get_xscale() == "log" else 1.12))
     for ax in [a for row in axes for a in row][len(shown):]:
         ax.axis("off")
     fig.suptitle(title, fontsize=11)
