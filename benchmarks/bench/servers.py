@@ -68,6 +68,23 @@ def _pg_answers(dsn: str) -> bool:
     return False
 
 
+def _pg_settings(dsn: str) -> str:
+    """The settings that move queue figures most: a server without autovacuum keeps every dead
+    row of a drained queue (and never re-analyses, so cached plans keep their first shape)."""
+    psql = shutil.which("psql")
+    if not psql:
+        return "settings unknown (no psql)"
+    names = ("autovacuum", "fsync", "synchronous_commit", "shared_buffers")
+    query = "select string_agg(name || ' ' || setting, ', ' order by name) from pg_settings where name in (%s)" % (
+        ", ".join(f"'{n}'" for n in names))
+    for database in ("postgres", "test"):
+        done = subprocess.run([psql, f"{dsn}/{database}", "-Atc", query], capture_output=True, text=True, timeout=10,
+                              check=False)
+        if done.returncode == 0 and done.stdout.strip():
+            return done.stdout.strip().replace("shared_buffers ", "shared_buffers (8 kB pages) ")
+    return "settings unknown"
+
+
 def start(procs: Procs, need_postgres: bool) -> Servers:
     """Find or start the servers; BenchError with one line when Redis cannot be had."""
     notes: list[str] = []
@@ -91,7 +108,7 @@ def start(procs: Procs, need_postgres: bool) -> Servers:
         user = os.environ.get("BENCH_PG_USER", "postgres")
         if port_open(HOST, 5432) and _pg_answers(f"postgresql://{user}@{HOST}:5432"):
             pg_dsn = f"postgresql://{user}@{HOST}:5432"
-            notes.append(f"PostgreSQL: the server running on {HOST}:5432 (user {user})")
+            notes.append(f"PostgreSQL: the server running on {HOST}:5432 (user {user}); {_pg_settings(pg_dsn)}")
         else:
             pg_dsn = _start_postgres(procs, notes, cleanups, tmpdirs)
     return Servers(redis_port, pg_dsn, notes, cleanups, tmpdirs)
