@@ -12,7 +12,7 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["tqueues", "tqueues.*"]),
-    package_data={"tqueues": ["py.typed"]},
+    package_data={"tqueues": ["py.typed"], "tqueues.dispatcher": ["ui/*.html", "ui/*.js", "ui/*.css"]},
     install_requires=[
         "aiohttp>=3.9",
         "orjson>=3.9",
@@ -35,6 +35,7 @@ setup(
             "cryptography>=41",
             "hypothesis>=6.100",
             "rethinkdb>=2.4.10",   # the RethinkDB store imports in every test run
+            "playwright>=1.40",   # drives the system's Chromium for the dashboard tests
         ],
     },
     entry_points={

@@ -39,4 +39,15 @@ if [ -z "${TQUEUES_TEST_POSTGRES:-}" ]; then
     fi
 fi
 
+# Chromium for the dashboard tests (tests/ui): the system's browser, driven by Playwright.
+if [ -z "${TQUEUES_TEST_CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1; then
+        echo "tqueues tests: installing Chromium for the dashboard tests" >&2
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+        echo "tqueues tests: no chromium and no apt-get; the dashboard tests will say they were skipped" >&2
+    fi
+fi
+
 exec .venv/bin/python -m pytest "$@"

@@ -167,3 +167,12 @@ async def start_server(store: Store) -> AsyncIterator[Callable[..., Awaitable[Se
 @pytest.fixture
 async def server(start_server: Callable[..., Awaitable[Server]]) -> Server:
     return await start_server()
+
+
+# Each test's report per phase, as item.rep_setup/rep_call/rep_teardown, so fixtures can print
+# the logs of the processes they started when (and only when) the test failed.
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    setattr(item, f"rep_{report.when}", report)

@@ -52,11 +52,6 @@ def cluster(tmp_path: Path, db_url: str, request: pytest.FixtureRequest) -> Iter
     c.close()
 
 
-@pytest.hookimpl(tryfirst=True, hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    outcome = yield
-    report = outcome.get_result()  # type: ignore[attr-defined]
-    setattr(item, f"rep_{report.when}", report)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, message: str) -> None:

@@ -631,7 +631,8 @@ async def test_given_malformed_requests_then_each_answers_a_json_4xx_and_changes
     await serves_normally(server)
 
 
-NO_INPUT = {"GET /api/v1/queues", "GET /api/v1/workers", "GET /api/v1/openapi.json", "GET /api/v1/health"}
+NO_INPUT = {"GET /api/v1/queues", "GET /api/v1/workers", "GET /api/v1/openapi.json", "GET /api/v1/health",
+            "GET /api/v1/me"}
 
 
 def test_given_the_route_tables_then_every_route_has_malformed_cases_and_a_wrong_method_case() -> None:

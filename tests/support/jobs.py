@@ -133,3 +133,10 @@ def burn(seconds: float) -> int:
     while time.monotonic() < deadline:
         spins += 1
     return spins
+
+
+def noisy_failure(tag: str) -> None:
+    """Prints a few lines, then fails: a job whose traceback and output both matter."""
+    for i in range(3):
+        print(f"{tag} step {i}", flush=True)
+    raise ValueError(f"{tag} could not be parsed")

@@ -55,6 +55,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from ..dispatcher import Settings, create_app
+from ..dispatcher.app import HUB
 from ..store import open_store
 from .common import UsageError, loglevel, number, parse, run, setup_logging
 
@@ -177,6 +178,7 @@ async def serve(url: str, settings: Settings, host: str, port: int, access_log: 
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         log.info("shutting down")
+        await app[HUB].shutdown()   # before the listener closes: websockets get their 1001
     finally:
         await runner.cleanup()
         await store.close()

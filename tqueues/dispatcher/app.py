@@ -16,7 +16,7 @@ from aiohttp import web
 
 from ..errors import StoreUnavailable, TQueuesError
 from ..store import Store
-from . import auth
+from . import auth, ui
 from .feeds import Hub
 from .http import error_response, json_response
 
@@ -129,8 +129,10 @@ def same_origin(request: web.Request, origin: str) -> bool:
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Origins of websocket upgrades, then authentication, route scopes and rate limits."""
-    if request.path.startswith(auth.OPEN_PREFIXES):
+    if request.path.startswith(auth.OPEN_PREFIXES) or request.path == "/ui":
         return await handler(request)
+    if ui.wants_dashboard(request):
+        return await ui.redirect(request)
     settings = request.app[SETTINGS]
     websocket = request.headers.get("Upgrade", "").lower() == "websocket"
     origin = request.headers.get("Origin")
@@ -171,6 +173,10 @@ async def _hub_ctx(app: web.Application) -> AsyncIterator[None]:
             await store.close()
 
 
+async def _shutdown(app: web.Application) -> None:
+    await app[HUB].shutdown()
+
+
 async def _reap(app: web.Application) -> None:
     store, settings = app[STORE], app[SETTINGS]
     while True:
@@ -204,7 +210,8 @@ def create_app(store: Store, settings: Settings | None = None) -> web.Applicatio
     app[views.STRICT_QUEUES] = views.StrictQueues()
     app[HUB].observers.append(app[views.STRICT_QUEUES].observe)
     app.cleanup_ctx.append(_hub_ctx)
-    for method, path, handler in (*compat.ROUTES, *views.ROUTES):
+    app.on_shutdown.append(_shutdown)
+    for method, path, handler in (*compat.ROUTES, *views.ROUTES, *ui.ROUTES):
         app.router.add_route(method, path, handler)
     return app
 

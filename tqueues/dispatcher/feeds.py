@@ -4,11 +4,12 @@ long-polling claims, jobs being waited on, and websocket feeds."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any, Callable, Iterable
 
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 
 from .. import models
 from ..errors import NotFound
@@ -112,6 +113,25 @@ class Hub:
         self.feeds: set[Feed] = set()
         self.events_seen = 0
         self.observers: list[Callable[[dict[str, Any]], None]] = []   # see every event (queue settings)
+        self.sockets: set[web.WebSocketResponse] = set()
+        self.closing = False
+
+    async def shutdown(self) -> None:
+        """At shutdown: long polls answer now (empty) and websockets close with 1001 "going
+        away", so the dispatcher exits at once instead of waiting out every open connection;
+        a client reconnects to another dispatcher, or to this one restarted, with since=."""
+        self.closing = True
+        self.wake_all()
+
+        async def close(ws: web.WebSocketResponse) -> None:
+            with contextlib.suppress(Exception):
+                await ws.close(code=WSCloseCode.GOING_AWAY, message=b"dispatcher shutting down")
+
+        closing = [asyncio.ensure_future(close(ws)) for ws in list(self.sockets)]
+        if closing:
+            await asyncio.wait(closing, timeout=2.0)   # a client that does not answer is not waited for
+        for feed in list(self.feeds):
+            feed.ready.set()
 
     def wait_queues(self, queues: Iterable[str]) -> Waiter:
         return Waiter(self, self.queue_waiters, queues)
@@ -190,6 +210,7 @@ async def run_feed(request: web.Request, hub: Hub, feed: Feed, since: int | None
     ws = web.WebSocketResponse(heartbeat=heartbeat, max_msg_size=64 * 1024)
     await ws.prepare(request)
     hub.feeds.add(feed)
+    hub.sockets.add(ws)
     reader = asyncio.ensure_future(_drain_incoming(ws))
     reader.add_done_callback(lambda _: feed.ready.set())   # a closed client ends the loop now, not at its next poll
     try:
@@ -215,7 +236,7 @@ async def run_feed(request: web.Request, hub: Hub, feed: Feed, since: int | None
                     break
             feed.items = [e for e in feed.items if e["seq"] > cursor]
             feed.last_seq = max(feed.last_seq, cursor)
-        while not ws.closed and not reader.done():
+        while not ws.closed and not reader.done() and not hub.closing:
             batch = await feed.next_batch(1.0)
             if feed.overflowed:
                 await ws.close(code=1013, message=b"subscriber too slow: event buffer overflowed; resume with since=LAST_SEQ")
@@ -226,8 +247,9 @@ async def run_feed(request: web.Request, hub: Hub, feed: Feed, since: int | None
         pass
     finally:
         hub.feeds.discard(feed)
+        hub.sockets.discard(ws)
         reader.cancel()
-        if not ws.closed:
+        if not ws.closed and not hub.closing:
             await ws.close()
     return ws
 

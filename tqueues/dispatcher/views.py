@@ -52,7 +52,7 @@ async def claim_wait(store: Store, hub: Hub, queues: list[str], worker: str, lim
     retried: set[tuple[str, float]] = set()
     while True:
         with hub.wait_queues(queues) as waiter:
-            if request is not None and client_gone(request):
+            if hub.closing or (request is not None and client_gone(request)):
                 return []
             jobs = await store.claim(queues, worker, limit, lease, lease_prefix)
             if jobs:
@@ -195,7 +195,7 @@ async def get_job(request: web.Request) -> web.Response:
         with hub.wait_job(ident) as waiter:
             job = await job_in_scope(request, ident)
             remaining = deadline - time.monotonic()
-            if job["status"] in models.TERMINAL or remaining <= 0:
+            if job["status"] in models.TERMINAL or remaining <= 0 or hub.closing:
                 return json_response(shown(job))
             await waiter.wait(min(remaining, BACKSTOP))
 
@@ -481,7 +481,7 @@ async def events(request: web.Request) -> web.StreamResponse:
             page = await store.events_since(cursor, limit, queue=queue, job_id=ident)
             found = [models.public_event(e) for e in page if feed.matches(e)]
             remaining = deadline - time.monotonic()
-            if found or remaining <= 0 or len(page) == limit:
+            if found or remaining <= 0 or len(page) == limit or hub.closing:
                 last = page[-1]["seq"] if page else cursor
                 return json_response(found, headers={"X-Last-Seq": str(last)})
             await feed.next_batch(min(remaining, BACKSTOP))
