@@ -113,10 +113,15 @@ async def test_given_a_worker_then_the_registry_shows_its_load_and_a_remote_stop
     url = cluster.start_dispatcher("--lease", "1.5")
     worker = cluster.worker("reg", concurrency=3)
     async with Client(url) as client:
-        job = await client.enqueue("support.jobs:slow_record", cluster.ledger, 2.0, queue="reg")
+        job = await client.enqueue("support.jobs:slow_record", cluster.ledger, 4.0, queue="reg")
         wait_for(lambda: any(l[0] == "start" for l in cluster.ledger_lines()), 20, "job never started")
-        await asyncio.sleep(1.0)    # a heartbeat (every lease/3) carries the load
-        (entry,) = await client.workers()
+        # a heartbeat (every lease/3) carries the load; on a busy machine it may take a while
+        deadline = time.monotonic() + 3.5
+        while True:
+            (entry,) = await client.workers()
+            if job["id"] in entry.get("current", []) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
         assert entry["status"] == "alive" and entry["queues"] == ["reg"] and entry["concurrency"] == 3
         assert entry["pid"] == worker.pid and job["id"] in entry["current"]
         assert entry["rss_bytes"] > 1_000_000 and entry["cpu_seconds"] >= 0

@@ -285,3 +285,16 @@ async def test_given_jobs_ended_over_time_when_stats_has_a_step_then_the_series_
     assert "series" not in await store.stats(60.0)
     with pytest.raises(InvalidRequest):
         await store.stats(60.0, 0.001)
+
+
+async def test_given_a_stopped_worker_when_a_late_heartbeat_registers_it_then_it_stays_stopped(store: Store) -> None:
+    # Given a worker that registered running, then stopped
+    await store.register_worker({"id": "w-late", "status": "running", "current": ["a"]})
+    await store.register_worker({"id": "w-late", "status": "stopped", "current": []})
+
+    # When a heartbeat it sent earlier arrives late
+    late = await store.register_worker({"id": "w-late", "status": "running", "current": ["a"]})
+
+    # Then it is still stopped (its other fields are updated)
+    assert late["status"] == "stopped"
+    assert (await store.worker("w-late"))["status"] == "stopped"

@@ -115,6 +115,18 @@ class Hub:
         self.observers: list[Callable[[dict[str, Any]], None]] = []   # see every event (queue settings)
         self.sockets: set[web.WebSocketResponse] = set()
         self.closing = False
+        # Live events as sent, by (seq, documents only): one event fanned out to a thousand
+        # websockets is made public and serialised once, not a thousand times.
+        self.encoded: dict[tuple[int, bool], str] = {}
+
+    def encode(self, event: dict[str, Any], documents_only: bool) -> str:
+        key = (event["seq"], documents_only)
+        text = self.encoded.get(key)
+        if text is None:
+            if len(self.encoded) >= ENCODED_CACHE:
+                self.encoded.clear()
+            text = self.encoded[key] = _encode(event, documents_only)
+        return text
 
     async def shutdown(self) -> None:
         """At shutdown: long polls answer now (empty) and websockets close with 1001 "going
@@ -185,6 +197,7 @@ class Hub:
 
 
 INITIAL = "job.initial"
+ENCODED_CACHE = 4096       # live events kept serialised; a subscriber further behind re-encodes
 INITIAL_LIMIT = 1000
 
 
@@ -242,7 +255,7 @@ async def run_feed(request: web.Request, hub: Hub, feed: Feed, since: int | None
                 await ws.close(code=1013, message=b"subscriber too slow: event buffer overflowed; resume with since=LAST_SEQ")
                 break
             for event in batch:
-                await _send(ws, event, documents_only)
+                await ws.send_str(hub.encode(event, documents_only))
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     finally:
@@ -254,10 +267,13 @@ async def run_feed(request: web.Request, hub: Hub, feed: Feed, since: int | None
     return ws
 
 
-async def _send(ws: web.WebSocketResponse, event: dict[str, Any], documents_only: bool) -> None:
+def _encode(event: dict[str, Any], documents_only: bool) -> str:
     event = models.public_event(event)
-    payload = event["new_val"] if documents_only else event
-    await ws.send_str(models.dumps_str(payload))
+    return models.dumps_str(event["new_val"] if documents_only else event)
+
+
+async def _send(ws: web.WebSocketResponse, event: dict[str, Any], documents_only: bool) -> None:
+    await ws.send_str(_encode(event, documents_only))
 
 
 async def _drain_incoming(ws: web.WebSocketResponse) -> None:

@@ -294,9 +294,19 @@ class Store(abc.ABC):
         return await self._next_run_at(list(queues))
 
     async def register_worker(self, info: dict[str, Any]) -> dict[str, Any]:
-        """Insert or update a worker (``id`` required) and mark it seen now."""
+        """Insert or update a worker (``id`` required) and mark it seen now.
+
+        A worker that said it stopped stays stopped: a heartbeat it sent just before, arriving
+        late, must not bring it back to life (a restarted worker registers under a new id).
+        """
         if not isinstance(info.get("id"), str) or not info["id"]:
             raise InvalidRequest("id: a worker needs a non-empty string id", field="id")
+        if info.get("status") != "stopped":
+            try:
+                if (await self._worker(info["id"])).get("status") == "stopped":
+                    info = {**info, "status": "stopped"}
+            except NotFound:
+                pass
         return await self._register_worker(info, models.now())
 
     async def workers(self) -> list[dict[str, Any]]:
