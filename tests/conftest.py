@@ -169,6 +169,12 @@ async def server(start_server: Callable[..., Awaitable[Server]]) -> Server:
     return await start_server()
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--soak", action="store_true", default=False,
+                     help="run the fault tests (tests/faults) at soak size: about ten times the jobs and faults, "
+                          "for longer")
+
+
 # Each test's report per phase, as item.rep_setup/rep_call/rep_teardown, so fixtures can print
 # the logs of the processes they started when (and only when) the test failed.
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)

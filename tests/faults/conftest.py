@@ -1,3 +1,40 @@
-"""Fault tests share the acceptance fixtures: a dispatcher process and worker processes."""
+"""Fault-test fixtures: the acceptance ``cluster``, the harness ``rig`` and the run ``size``.
 
+``size(quick, soak=None)`` is ``quick`` by default and ``soak`` (ten times ``quick`` unless
+given) under ``pytest --soak``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
 from acceptance.conftest import cluster  # noqa: F401 - a fixture, used by name
+from faults.harness import Rig, Size
+
+SOAK_TIMEOUT = 3600
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.getoption("--soak"):
+        return
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.timeout(SOAK_TIMEOUT))
+
+
+@pytest.fixture
+def size(request: pytest.FixtureRequest) -> Size:
+    return Size(bool(request.config.getoption("--soak")))
+
+
+@pytest.fixture
+def rig(tmp_path: Path, db_url: str, backend: str, size: Size, request: pytest.FixtureRequest) -> Iterator[Rig]:
+    r = Rig(tmp_path, db_url, backend, size)
+    yield r
+    failed = getattr(request.node, "rep_call", None)
+    if failed is not None and failed.failed:
+        print(r.logs())
+    r.close()
