@@ -153,6 +153,25 @@ class Producer:
         self.attempts: list[Attempt] = []
         self.statuses: collections.Counter[int] = collections.Counter()
         self.retry_after_missing = 0      # 503 answers without a Retry-After header
+        self.awaiting = 0                 # requests sent through session() not answered yet
+
+    def session(self) -> aiohttp.ClientSession:
+        """An HTTP session that keeps ``awaiting`` up to date (to cut a request in flight)."""
+        trace = aiohttp.TraceConfig()
+
+        async def sent(session: aiohttp.ClientSession, ctx: Any, params: Any) -> None:
+            ctx.awaiting = True
+            self.awaiting += 1
+
+        async def ended(session: aiohttp.ClientSession, ctx: Any, params: Any) -> None:
+            if getattr(ctx, "awaiting", False):
+                ctx.awaiting = False
+                self.awaiting -= 1
+
+        trace.on_request_headers_sent.append(sent)
+        trace.on_request_end.append(ended)
+        trace.on_request_exception.append(ended)
+        return aiohttp.ClientSession(trace_configs=[trace])
 
     def job(self, key: str, *, queue: str, method: str = RECORD, seconds: float = 0.0, expect: Expect = FINISH,
             args: Sequence[Any] | None = None, **options: Any) -> dict[str, Any]:
@@ -310,8 +329,8 @@ async def all_jobs(client: Client, queue: str) -> list[dict[str, Any]]:
 
 
 async def check(url: str, producers: Sequence[Producer], ledger: Ledger, *, scenario: str, backend: str,
-                size: str, faults: int, fault_kind: str, timeout: float = 120.0) -> Report:
-    """Drain, read everything back, classify every job; the report (also published)."""
+                size: str, faults: int, fault_kind: str, timeout: float = 120.0, publish: bool = True) -> Report:
+    """Drain, read everything back, classify every job; the report (published unless told)."""
     expect: dict[str, Expect] = {}
     specs: dict[str, dict[str, Any]] = {}
     acked: dict[str, set[str]] = collections.defaultdict(set)
@@ -427,7 +446,8 @@ async def check(url: str, producers: Sequence[Producer], ledger: Ledger, *, scen
                                        f"not lost or failed")
         if not explained:
             report.unexplained += len(runs) - 1
-    report.publish()
+    if publish:
+        report.publish()
     return report
 
 
@@ -472,9 +492,10 @@ class Rig:
         return Producer(url or self.url, self.ledger, **options)
 
     async def check(self, scenario: str, producers: Sequence[Producer], *, faults: int, fault_kind: str,
-                    timeout: float = 120.0, url: str | None = None) -> Report:
+                    timeout: float = 120.0, url: str | None = None, publish: bool = True) -> Report:
         return await check(url or self.url, producers, self.ledger, scenario=scenario, backend=self.backend,
-                           size=self.size.name, faults=faults, fault_kind=fault_kind, timeout=timeout)
+                           size=self.size.name, faults=faults, fault_kind=fault_kind, timeout=timeout,
+                           publish=publish)
 
     def logs(self) -> str:
         return "\n".join(f"===== {p.args[2:4]} pid {p.pid}\n{p.output()[-4000:]}" for p in self.procs)
