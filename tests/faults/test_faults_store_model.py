@@ -15,6 +15,7 @@ import uuid
 from typing import Any
 
 import pytest
+from faults.harness import Size
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
@@ -155,8 +156,8 @@ class StoreModel(RuleBasedStateMachine):
             assert (job["lease"] is not None) == (model["status"] == models.STARTED)
 
 
-def test_the_store_follows_its_model(db_url: str) -> None:
+def test_the_store_follows_its_model(db_url: str, size: Size) -> None:
     machine = type("BoundStoreModel", (StoreModel,), {"url": db_url})
     run_state_machine_as_test(machine, settings=settings(
-        max_examples=30, stateful_step_count=25, deadline=None, derandomize=True,
+        max_examples=size(30, 300), stateful_step_count=size(25, 50), deadline=None, derandomize=not size.soak,
         suppress_health_check=list(HealthCheck)))

@@ -71,3 +71,20 @@ async def await_forever(ledger: str, tag: str, tq_parent_job: Any = None) -> Non
     """A coroutine awaiting something that never happens."""
     append(ledger, _line("begin", tq_parent_job, time.time(), None, tag))
     await asyncio.Event().wait()
+
+
+def burn(ledger: str, tag: str, seconds: float, tq_parent_job: Any = None) -> int:
+    """A plain function keeping a CPU busy (no sleeping, no awaiting) for ``seconds``, then noting its run."""
+    start = time.time()
+    deadline = time.monotonic() + seconds
+    spins = 0
+    while time.monotonic() < deadline:
+        spins += 1
+    append(ledger, _line("run", tq_parent_job, start, time.time(), tag))
+    return spins
+
+
+def exit_hard(ledger: str, tag: str, code: int = 1, tq_parent_job: Any = None) -> None:
+    """Notes its start, then kills its own process, as a segfault or a stray os._exit would."""
+    append(ledger, _line("begin", tq_parent_job, time.time(), None, tag))
+    os._exit(code)
