@@ -34,6 +34,8 @@ def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     (["tqueues.cli.worker", "--endpoint_url", "http://127.0.0.1:1/", "--queue", "bad queue"], "queue"),
     (["tqueues.cli.worker", "--endpoint_url", "http://127.0.0.1:1/", "--queue", "q", "--import", "no.such.module"], "no.such.module"),
     (["tqueues.cli.worker", "--endpoint_url", "http://127.0.0.1:1/", "--queue", "q", "--concurrency", "0"], "--concurrency"),
+    (["tqueues.cli.worker", "--endpoint_url", "http://127.0.0.1:1/", "--queue", "q", "--prefetch", "-1"], "--prefetch"),
+    (["tqueues.cli.worker", "--endpoint_url", "http://127.0.0.1:1/", "--queue", "q", "--prefetch", "two"], "--prefetch"),
     (["tqueues.cli.main", "show", "abc", "--endpoint_url", "http://127.0.0.1:1/"], "127.0.0.1:1"),
     (["tqueues.cli.main", "enqueue", "m:f", "--kwargs", "[1]", "--endpoint_url", "http://127.0.0.1:1/"], "--kwargs"),
 ])

@@ -10,6 +10,9 @@ Options:
   --queue QUEUE          Queue to serve (repeat for several)
   --import MODULE        Register every function defined in MODULE as MODULE:function (repeat)
   --concurrency N        Jobs run at once [default: 1]
+  --prefetch N           Jobs leased ahead of free slots, so claims overlap with running jobs
+                         (default: as many as --concurrency; 0 for long jobs, to spread them
+                         evenly over workers)
   --isolation KIND       Where plain functions run: process (stoppable) or thread [default: process]
   --timeout SECONDS      Timeout for jobs that set none
   --grace SECONDS        On SIGTERM, how long running jobs may take to finish [default: 30]
@@ -49,6 +52,7 @@ def build(args: dict[str, Any]) -> Worker:
         sys.path.insert(0, os.getcwd())
     return Worker(url, args["--queue"], modules=args["--import"],
                   concurrency=number(args, "--concurrency", minimum=1, integer=True),
+                  prefetch=number(args, "--prefetch", minimum=0, integer=True),
                   isolation=args["--isolation"], grace=number(args, "--grace"),
                   wait=number(args, "--wait"), timeout=number(args, "--timeout", minimum=0.001),
                   stop_grace=number(args, "--stop-grace"),

@@ -9,6 +9,7 @@ answered ``stale_lease`` (the job was aborted or re-leased) stops that job at on
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import contextvars
 import logging
@@ -32,7 +33,8 @@ log = logging.getLogger("tqueues.worker")
 ISOLATIONS = ("process", "thread")
 LOG_BATCH = 500             # captured lines sent in one request
 LOG_INTERVAL = 0.2          # seconds between sends of captured lines while jobs print
-MAX_LOG_BACKLOG = 100_000   # lines kept while the dispatcher is unreachable; newer ones are dropped
+MAX_LOG_BACKLOG = 100_000
+MAX_CLAIM = 1000            # the most jobs one claim may ask for   # lines kept while the dispatcher is unreachable; newer ones are dropped
 
 
 class Worker:
@@ -42,7 +44,7 @@ class Worker:
                  functions: Iterable[Callable[..., Any]] = (), modules: Iterable[str] = (),
                  concurrency: int = 1, wait: float = 30.0, isolation: str = "process", grace: float = 30.0,
                  timeout: float | None = None, worker_id: str | None = None, token: str | None = None,
-                 stop_grace: float = 3.0, cafile: str | None = None) -> None:
+                 stop_grace: float = 3.0, cafile: str | None = None, prefetch: int | None = None) -> None:
         self.queues = [queues] if isinstance(queues, str) else list(queues)
         for queue in self.queues:
             models.check_queue(queue)
@@ -50,6 +52,8 @@ class Worker:
             raise ConfigurationError("a worker needs at least one queue")
         if concurrency < 1:
             raise ConfigurationError("concurrency must be at least 1")
+        if prefetch is not None and prefetch < 0:
+            raise ConfigurationError("prefetch must be 0 or more")
         if isolation not in ISOLATIONS:
             raise ConfigurationError(f"isolation must be one of {', '.join(ISOLATIONS)}")
         self.registry = registry or Registry()
@@ -59,6 +63,9 @@ class Worker:
             self.registry.add_module(module)
         self.client = Client(endpoint_url, token=token, timeout=30.0, cafile=cafile)
         self.concurrency = concurrency
+        # Jobs leased ahead of free slots, so that the next claim overlaps with running jobs
+        # instead of following them; 0 claims only for free slots (fairest for long jobs).
+        self.prefetch = concurrency if prefetch is None else prefetch
         self.wait = wait
         self.isolation = isolation
         self.grace = grace
@@ -69,7 +76,8 @@ class Worker:
         self.jobs_done = 0
         self.jobs_failed = 0
         self._held: dict[str, Job] = {}          # every lease we hold, until reported or lost
-        self._buffer: list[dict[str, Any]] = []  # claimed, not yet handed out
+        self._buffer: list[dict[str, Any]] = []  # claimed, not yet handed out (the iterator)
+        self._ready: collections.deque[Job] = collections.deque()  # prefetched by run_forever
         self._outcomes: list[tuple[Job, dict[str, Any]]] = []
         self._logs: list[dict[str, Any]] = []
         self._logs_dropped = 0
@@ -132,6 +140,7 @@ class Worker:
     async def close(self) -> None:
         """Release every lease still held, flush outcomes, deregister, close connections."""
         await self._flush_all()
+        self._ready.clear()   # still held: released below
         leftovers = [(doc["id"], doc["lease"]) for doc in self._buffer]
         leftovers += [(job.id, job.lease) for job in self._held.values() if job not in {j for j, _ in self._outcomes}]
         self._buffer.clear()
@@ -202,22 +211,43 @@ class Worker:
         return Job(self, self._buffer.pop(0))
 
     async def run_forever(self) -> None:
-        """Claim and run jobs until :meth:`stop` (SIGTERM in the CLI), then shut down cleanly."""
+        """Claim and run jobs until :meth:`stop` (SIGTERM in the CLI), then shut down cleanly.
+
+        Up to ``concurrency`` jobs run at once and up to ``prefetch`` more wait, leased, in a
+        local buffer (their leases are kept by heartbeats like the running ones). A slot that
+        frees takes the next buffered job at once; the buffer is refilled by claims of several
+        jobs at a time while the others run.
+        """
         await self.start()
+        capacity = self.concurrency + self.prefetch
+        batch = max(1, self.prefetch // 2)   # while jobs are held, claim when this many fit
         try:
             while not self._stopping.is_set():
-                free = self.concurrency - len(self._running)
-                if free <= 0:
+                held = len(self._running) + len(self._ready)
+                want = min(capacity - held, MAX_CLAIM)
+                if want <= 0 or (held and want < batch):
                     self._slot_free.clear()
                     await self._slot_free.wait()
                     continue
-                for doc in await self._claim_guarded(free):
-                    task = asyncio.ensure_future(self._run_job(Job(self, doc)))
-                    self._running.add(task)
-                    task.add_done_callback(self._job_done)
+                for doc in await self._claim_guarded(want):
+                    job = Job(self, doc)
+                    self._hold(job)   # heartbeats and abort events reach it while it waits
+                    self._ready.append(job)
+                self._fill()
             await self._drain()
         finally:
             await self.close()
+
+    def _fill(self) -> None:
+        """Start buffered jobs in the free slots (never once stopping: those are released)."""
+        while self._ready and len(self._running) < self.concurrency and not self._stopping.is_set():
+            job = self._ready.popleft()
+            if job.lost:   # aborted or re-leased while it waited
+                self._drop(job)
+                continue
+            task = asyncio.ensure_future(self._run_job(job))
+            self._running.add(task)
+            task.add_done_callback(self._job_done)
 
     async def _run_job(self, job: Job) -> None:
         async with job:
@@ -225,6 +255,7 @@ class Worker:
 
     def _job_done(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
+        self._fill()
         self._slot_free.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("job task failed", exc_info=task.exception())
