@@ -1,0 +1,126 @@
+"""The SQLite store's writer: small operations run at once when the store is idle, a file
+locked by another process makes them wait without blocking the event loop, concurrent
+operations are committed in groups, and the WAL is checkpointed off the commit path."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from tqueues import models
+from tqueues.store import Outcome, open_store
+from tqueues.store import sqlite as sqlite_store
+
+
+@pytest.fixture
+async def store(tmp_path: Path):
+    s = open_store(f"sqlite:///{tmp_path / 'q.db'}")
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+def spec(n: int, pad: str = "") -> models.NewJob:
+    return models.NewJob(queue="w", method="m:f", args=[n, pad])
+
+
+async def put(store, n: int = 1) -> dict:
+    [(job, created)] = await store.enqueue([spec(n)])
+    assert created
+    return job
+
+
+async def test_given_an_idle_store_then_a_single_enqueue_runs_without_the_writer_thread(store, monkeypatch) -> None:
+    # Given the writer thread's group runner is watched
+    groups: list[int] = []
+    original = sqlite_store._Writer._run_group
+
+    def watched(self, batch, begun=False):
+        groups.append(len(batch) if not begun else -len(batch))
+        return original(self, batch, begun)
+
+    monkeypatch.setattr(sqlite_store._Writer, "_run_group", watched)
+    # When one job is enqueued on an idle store
+    job = await put(store)
+    # Then it ran inline (begun by the caller) as a group of one, and it is stored and evented
+    assert groups == [-1]
+    assert (await store.get(job["id"]))["status"] == "pending"
+    assert [e["kind"] for e in await store.events_since(0, 10)][-1] == models.EV_CREATED
+
+
+async def test_given_concurrent_enqueues_then_they_share_commits(store, monkeypatch) -> None:
+    groups: list[int] = []
+    original = sqlite_store._Writer._run_group
+
+    def watched(self, batch, begun=False):
+        groups.append(len(batch))
+        return original(self, batch, begun)
+
+    monkeypatch.setattr(sqlite_store._Writer, "_run_group", watched)
+    # When 200 enqueues are made at once
+    jobs = await asyncio.gather(*(put(store, i) for i in range(200)))
+    # Then all are stored, and far fewer transactions than operations were committed
+    assert len({j["id"] for j in jobs}) == 200
+    assert sum(groups) == 200
+    assert len(groups) < 50, groups
+
+
+async def test_given_the_file_locked_by_another_process_then_writes_wait_and_the_loop_stays_free(
+        store, tmp_path: Path) -> None:
+    # Given another connection holding the write lock of the file
+    other = sqlite3.connect(tmp_path / "q.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        pending = asyncio.ensure_future(put(store))
+        # When the loop keeps ticking while the write waits
+        ticks = 0
+        started = time.monotonic()
+        while time.monotonic() - started < 0.5:
+            await asyncio.sleep(0.01)
+            ticks += 1
+        # Then the loop was never blocked and the write has not failed
+        assert ticks >= 25
+        assert not pending.done()
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    # And once the lock is released, it lands
+    job = await asyncio.wait_for(pending, 10)
+    assert (await store.get(job["id"]))["status"] == "pending"
+
+
+async def test_given_a_claim_and_its_outcome_inline_then_the_job_finishes_once(store) -> None:
+    job = await put(store)
+    [claimed] = await store.claim(["w"], "worker-1", 10, 30.0)
+    [result] = await store.complete([Outcome(job["id"], claimed["lease"], models.FINISHED, result=7)])
+    assert result["ok"], result
+    done = await store.get(job["id"])
+    assert (done["status"], done["result"], done["attempts"]) == ("finished", 7, 1)
+    assert await store.claim(["w"], "worker-1", 10, 30.0) == []
+
+
+async def test_given_a_growing_wal_then_the_checkpointer_copies_it_back(store, tmp_path: Path, monkeypatch) -> None:
+    # Given a checkpoint threshold the test can reach quickly
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_BYTES", 256 * 1024)
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY", 0.05)
+    db, wal = tmp_path / "q.db", str(tmp_path / "q.db") + "-wal"
+    before = os.path.getsize(db)
+    # When a few thousand jobs are written
+    for start in range(0, 4000, 500):
+        await store.enqueue([spec(i, "x" * 200) for i in range(start, start + 500)])
+    # Then the database file itself grows (pages were checkpointed into it) without any commit
+    # doing it (the writer's connection has autocheckpoint off)
+    deadline = time.monotonic() + 10
+    while os.path.getsize(db) <= before and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert os.path.getsize(db) > before + 256 * 1024
+    assert os.path.exists(wal)
+    writer_conn = store._writer.conn
+    assert writer_conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
