@@ -23,12 +23,12 @@ class Waiter:
 
     __slots__ = ("future", "keys", "hub", "_table")
 
-    def __init__(self, hub: "Hub", table: dict[str, set["Waiter"]], keys: Iterable[str]) -> None:
+    def __init__(self, hub: "Hub", table: dict[str, dict["Waiter", None]], keys: Iterable[str]) -> None:
         self.hub = hub
         self.keys = list(keys)
         self.future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        for key in self.keys:
-            table.setdefault(key, set()).add(self)
+        for key in self.keys:   # in order of arrival: the longest waiting is woken first
+            table.setdefault(key, {})[self] = None
         self._table = table
 
     async def wait(self, timeout: float) -> bool:
@@ -41,6 +41,10 @@ class Waiter:
         except asyncio.TimeoutError:
             return False
 
+    @property
+    def woken(self) -> bool:
+        return self.future.done()
+
     def wake(self) -> None:
         if not self.future.done():
             self.future.set_result(None)
@@ -49,7 +53,7 @@ class Waiter:
         for key in self.keys:
             waiters = self._table.get(key)
             if waiters is not None:
-                waiters.discard(self)
+                waiters.pop(self, None)
                 if not waiters:
                     del self._table[key]
 
@@ -108,8 +112,8 @@ class Hub:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.queue_waiters: dict[str, set[Waiter]] = {}
-        self.job_waiters: dict[str, set[Waiter]] = {}
+        self.queue_waiters: dict[str, dict[Waiter, None]] = {}
+        self.job_waiters: dict[str, dict[Waiter, None]] = {}
         self.feeds: set[Feed] = set()
         self.events_seen = 0
         self.observers: list[Callable[[dict[str, Any]], None]] = []   # see every event (queue settings)
@@ -157,16 +161,31 @@ class Hub:
                 for waiter in list(waiters):
                     waiter.wake()
 
+    def wake_queue(self, queue: str, count: int, exclude: Waiter | None = None) -> None:
+        """Wake ``count`` claims waiting on ``queue`` that are not awake yet, longest waiting
+        first. One claim takes many jobs, and whoever is woken and cannot claim passes the
+        wake on (see views.claim_wait), so one new job wakes one claim, not every worker."""
+        for waiter in list(self.queue_waiters.get(queue, ())):
+            if count <= 0:
+                return
+            if waiter is not exclude and not waiter.woken:
+                waiter.wake()
+                count -= 1
+
+    def wake_queues(self, queues: Iterable[str], count: int, exclude: Waiter | None = None) -> None:
+        for queue in queues:
+            self.wake_queue(queue, count, exclude)
+
     def dispatch(self, events: list[dict[str, Any]]) -> None:
         self.events_seen += len(events)
-        woken_queues: set[str] = set()
+        ready: dict[str, int] = {}
         for event in events:
             kind = event["kind"]
             queue = event["queue"]
-            if (kind in models.READY_KINDS or kind == models.EV_QUEUE) and queue not in woken_queues:
-                woken_queues.add(queue)
-                for waiter in list(self.queue_waiters.get(queue, ())):
-                    waiter.wake()
+            if kind in models.READY_KINDS:
+                ready[queue] = ready.get(queue, 0) + 1
+            elif kind == models.EV_QUEUE:   # resumed, or changed: every claim looks again
+                ready[queue] = len(self.queue_waiters.get(queue, ()))
             job_id = event["job_id"]
             if job_id is not None and job_id in self.job_waiters:
                 for waiter in list(self.job_waiters[job_id]):
@@ -176,6 +195,8 @@ class Hub:
             if kind == models.EV_QUEUE:
                 for observe in self.observers:
                     observe(event)
+        for queue, count in ready.items():
+            self.wake_queue(queue, count)
 
     async def run(self) -> None:
         """Consume the store's subscription forever (cancelled at shutdown)."""

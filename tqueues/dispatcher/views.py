@@ -47,16 +47,34 @@ async def claim_wait(store: Store, hub: Hub, queues: list[str], worker: str, lim
 
     Once the client of ``request`` has disconnected, it stops without claiming: a job leased to
     a client that is gone would sit out its lease, and use up an attempt, before running.
+
+    A new job wakes one waiting claim, not all of them (the hub counts ready events). So that
+    no job is left waiting, a claim passes the wake-up on to the next waiting claim whenever
+    it may not have taken everything it was woken for: it was full, it was woken while it
+    ran, it failed, or its client left.
     """
     deadline = time.monotonic() + wait
     retried: set[tuple[str, float]] = set()
+    woken = False   # this claim follows a wake-up meant for someone who claims
     while True:
         with hub.wait_queues(queues) as waiter:
             if hub.closing or (request is not None and client_gone(request)):
+                if woken or waiter.woken:   # pass the wake-up on: a job is waiting for a claim
+                    hub.wake_queues(queues, 1, exclude=waiter)
                 return []
-            jobs = await store.claim(queues, worker, limit, lease, lease_prefix)
+            try:
+                jobs = await store.claim(queues, worker, limit, lease, lease_prefix)
+            except BaseException:
+                if woken or waiter.woken:
+                    hub.wake_queues(queues, 1, exclude=waiter)
+                raise
             if jobs:
+                # A full claim may have left jobs behind, and a wake-up that came during the
+                # claim may be for a job it could not see yet: either way the next claim looks.
+                if len(jobs) >= limit or waiter.woken:
+                    hub.wake_queues(queues, 1, exclude=waiter)
                 return jobs
+            woken = False
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
@@ -72,7 +90,7 @@ async def claim_wait(store: Store, hub: Hub, queues: list[str], worker: str, lim
                     retried.add((queue, next_at))
                     timeout = 0.0
             if timeout > 0:
-                await waiter.wait(timeout)
+                woken = await waiter.wait(timeout)
 
 
 def client_gone(request: web.Request) -> bool:

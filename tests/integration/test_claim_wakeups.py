@@ -1,0 +1,118 @@
+"""Long-polling claims over real HTTP: a new job wakes one waiting claim, not every worker,
+and a wake-up that cannot be used is passed on, so no job waits for the backstop."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from support.server import Server
+
+from tqueues.errors import StoreUnavailable
+
+METHOD = "support.jobs:echo"
+
+
+async def enqueue(server: Server, count: int = 1) -> list[dict[str, Any]]:
+    body = [{"queue": "wq", "method": METHOD, "args": [i]} for i in range(count)]
+    status, answer = await server.call("POST", "/api/v1/jobs", json=body if count > 1 else body[0])
+    assert status == 201, answer
+    return answer["jobs"] if count > 1 else [answer]
+
+
+async def claim(server: Server, worker: str, limit: int = 1, wait: float = 10.0) -> list[dict[str, Any]]:
+    status, answer = await server.call("POST", "/api/v1/claim",
+                                       json={"queue": "wq", "worker": worker, "limit": limit, "wait": wait})
+    assert status == 200, answer
+    return answer["jobs"]
+
+
+def count_claims(server: Server, monkeypatch: pytest.MonkeyPatch, fail_first: int = 0) -> list[float]:
+    """Record the time of every store claim (the first ``fail_first`` raise StoreUnavailable)."""
+    calls: list[float] = []
+    original = server.store.claim
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(time.monotonic())
+        if len(calls) <= fail_first:
+            raise StoreUnavailable("the database went away for a moment")
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(server.store, "claim", counted)
+    return calls
+
+
+async def settle(calls: list[float], count: int, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while len(calls) < count:
+        assert time.monotonic() < deadline, f"only {len(calls)} of {count} claims were made"
+        await asyncio.sleep(0.005)
+
+
+async def test_given_ten_waiting_claims_when_one_job_arrives_then_one_claim_runs_and_takes_it(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = count_claims(server, monkeypatch)
+    waiting = [asyncio.ensure_future(claim(server, f"w{i}", limit=10)) for i in range(10)]
+    await settle(calls, 10)   # each long poll claimed once, found nothing, and waits
+    await asyncio.sleep(0.1)
+    # When one job is enqueued
+    [job] = await enqueue(server)
+    done, _ = await asyncio.wait(waiting, timeout=5, return_when=asyncio.FIRST_COMPLETED)
+    # Then the claim that had waited longest got it, after a single new store claim (it was
+    # not full, so it woke nobody else)
+    assert [[j["id"] for j in t.result()] for t in done] == [[job["id"]]]
+    assert waiting[0] in done
+    await asyncio.sleep(0.2)
+    assert len(calls) == 11
+    assert sum(t.done() for t in waiting) == 1
+    for task in waiting:
+        task.cancel()
+    await asyncio.gather(*waiting, return_exceptions=True)
+
+
+async def test_given_waiting_claims_when_a_batch_arrives_then_as_many_claims_wake_as_jobs(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = count_claims(server, monkeypatch)
+    waiting = [asyncio.ensure_future(claim(server, f"w{i}", limit=1)) for i in range(8)]
+    await settle(calls, 8)
+    await asyncio.sleep(0.1)
+    # When three jobs arrive in one batch
+    jobs = await enqueue(server, 3)
+    deadline = time.monotonic() + 5
+    while sum(t.done() for t in waiting) < 3 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)
+    # Then exactly three claims returned, one job each, and five still wait
+    got = sorted(t.result()[0]["id"] for t in waiting if t.done())
+    assert got == sorted(j["id"] for j in jobs)
+    assert sum(t.done() for t in waiting) == 3
+    # (each full claim passes a wake-up on, so at most one extra empty claim per job)
+    assert 8 + 3 <= len(calls) <= 8 + 6
+    for task in waiting:
+        task.cancel()
+    await asyncio.gather(*waiting, return_exceptions=True)
+
+
+async def test_given_the_woken_claim_fails_then_the_wake_up_passes_on_and_the_job_is_claimed_at_once(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    waiting = [asyncio.ensure_future(claim(server, f"w{i}")) for i in range(3)]
+    await asyncio.sleep(0.3)
+    # Given the next store claim fails (the woken long poll answers 503)
+    calls = count_claims(server, monkeypatch, fail_first=1)
+    started = time.monotonic()
+    [job] = await enqueue(server)
+    # Then another waiting claim is woken and takes the job well before the 5 s backstop
+    taken: list[dict[str, Any]] = []
+    while not taken and time.monotonic() - started < 4:
+        await asyncio.sleep(0.01)
+        for task in waiting:
+            if task.done() and task.exception() is None and task.result():
+                taken = task.result()
+    assert taken and taken[0]["id"] == job["id"]
+    assert time.monotonic() - started < 2
+    assert len(calls) >= 2
+    for task in waiting:
+        task.cancel()
+    await asyncio.gather(*waiting, return_exceptions=True)
