@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import aiohttp
 import pytest
 from faults.harness import Rig, Size, wait_for
 from support import pg
@@ -22,11 +23,11 @@ async def test_given_load_when_postgresql_restarts_immediately_then_503s_with_re
     producer = rig.producer()
     stop = asyncio.Event()
 
-    async def stream(session: object, name: str) -> None:
+    async def stream(session: aiohttp.ClientSession, name: str) -> None:
         n = 0
         while not stop.is_set():
             # each enqueue is retried with its key until acknowledged, through 503s and all
-            await producer.enqueue(session, [producer.job(f"{name}-{n}", queue="pgr", seconds=0.05)])  # type: ignore[arg-type]
+            await producer.enqueue(session, [producer.job(f"{name}-{n}", queue="pgr", seconds=0.05)])
             n += 1
             await asyncio.sleep(0.05)
 
@@ -42,8 +43,8 @@ async def test_given_load_when_postgresql_restarts_immediately_then_503s_with_re
                 ran = rig.ledger.count("run")
                 # Then the dispatcher recovers by itself: enqueues are acknowledged and jobs run again
                 acknowledged = len(producer.ids())
-                await wait_for(lambda: len(producer.ids()) > acknowledged + phase and rig.ledger.count("run") > ran + phase,
-                               60, "no recovery after the restart")
+                await wait_for(lambda: len(producer.ids()) > acknowledged + phase
+                               and rig.ledger.count("run") > ran + phase, 60, "no recovery after the restart")
                 assert producer.statuses[503] > before, f"no 503 during the restart: {producer.statuses}"
         finally:
             stop.set()

@@ -24,21 +24,28 @@ async def test_given_sigterm_with_jobs_in_flight_then_it_claims_nothing_more_fin
     producer = rig.producer()
     loop = asyncio.get_running_loop()
     stopped_long: set[tuple[int, str]] = set()    # (pid, key) of the long jobs the stopped workers began
+    leased_to_stopped = 0                         # jobs enqueued with the signal, leased by the abandoned claim
     async with Client(rig.url) as client, producer.session() as session:
         for r in range(rounds):
             queue = f"term{r}"
             worker = rig.worker(queue, "--grace", str(GRACE), concurrency=4)
             # Given four jobs running: two that end within the grace, two that would not (a
             # coroutine and a plain function of each kind)
-            short = [producer.job(f"short{r}-{i}", queue=queue, method=m, seconds=0.8) for i, m in enumerate((RECORD, RECORD_PLAIN))]
-            long = [producer.job(f"long{r}-{i}", queue=queue, method=m, seconds=6) for i, m in enumerate((RECORD, RECORD_PLAIN))]
+            kinds = list(enumerate((RECORD, RECORD_PLAIN)))
+            short = [producer.job(f"short{r}-{i}", queue=queue, method=m, seconds=0.8) for i, m in kinds]
+            long = [producer.job(f"long{r}-{i}", queue=queue, method=m, seconds=6) for i, m in kinds]
             await producer.enqueue(session, short + long)
             keys = [s["key"] for s in short + long]
             await wait_for(lambda: rig.ledger.count("begin", tags=keys) == 4, 30, "the four jobs never all started")
-            stopped_long |= {(e.pid, e.tag) for e in rig.ledger.entries() if e.kind == "begin" and e.tag in {s["key"] for s in long}}
-            # When the worker gets SIGTERM, and jobs keep coming
+            long_keys = {s["key"] for s in long}
+            stopped_long |= {(e.pid, e.tag) for e in rig.ledger.entries() if e.kind == "begin" and e.tag in long_keys}
+            # When the worker gets SIGTERM, and jobs keep coming: at once, and while it drains
             started = time.monotonic()
             worker.popen.send_signal(signal.SIGTERM)
+            racing = [producer.job(f"racing{r}-{i}", queue=queue) for i in range(2)]
+            await producer.enqueue(session, racing)
+            await asyncio.sleep(0.5)
+            assert worker.alive(), "the worker left before its running jobs were due to end"
             later = [producer.job(f"later{r}-{i}", queue=queue) for i in range(4)]
             await producer.enqueue(session, later)
             code = await loop.run_in_executor(None, worker.popen.wait, GRACE + 30)
@@ -51,18 +58,28 @@ async def test_given_sigterm_with_jobs_in_flight_then_it_claims_nothing_more_fin
             for spec in short:
                 doc = await client.get(ids[spec["key"]])
                 assert doc["status"] == "finished" and f":{worker.pid}:" in doc["worker"], doc
+            # And nothing enqueued while it drained was claimed by it
             for spec in long + later:
                 doc = await client.get(ids[spec["key"]])
                 assert (doc["status"], doc["attempts"]) == ("pending", 0), doc
                 assert await client.executions(doc["id"]) == []
-            # And the jobs enqueued after the signal never started there
-            assert rig.ledger.count(tags=[s["key"] for s in later]) == 0
+            # And nothing enqueued after the signal started there. (A job enqueued at the very
+            # moment of the signal may be leased by the claim the worker was abandoning: the
+            # dispatcher then holds it until its lease expires; the checker sees it run later.)
+            assert rig.ledger.count(tags=[s["key"] for s in racing + later]) == 0
+            for spec in racing:
+                doc = await client.get(ids[spec["key"]])
+                if doc["status"] != "pending":
+                    leased_to_stopped += 1
+                    assert doc["status"] == "started" and f":{worker.pid}:" in doc["worker"], doc
             # And a new worker takes the released and waiting jobs over
             rig.worker(queue, concurrency=4)
         report = await rig.check("SIGTERM with jobs in flight", [producer], faults=rounds, fault_kind="worker SIGTERM",
                                  timeout=size(90, 600))
+    print(f"jobs enqueued with the signal and leased by the stopping worker's last claim: {leased_to_stopped}")
     # Then after the drain nothing was lost, and no released job had also run to its end
     assert report.ok, str(report)
-    assert (report.jobs, report.done, report.lost, report.unexpected, report.duplicates) == (8 * rounds, 8 * rounds, 0, 0, 0)
+    assert (report.jobs, report.done, report.lost, report.unexpected) == (10 * rounds, 10 * rounds, 0, 0)
+    assert report.duplicates == 0
     assert len(stopped_long) == 2 * rounds
     assert not [e for e in rig.ledger.entries() if e.kind == "run" and (e.pid, e.tag) in stopped_long]
