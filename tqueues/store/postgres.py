@@ -2,8 +2,11 @@
 
 Design
     * asyncpg. A pool of connections for reads; one writer connection per dispatcher that
-      runs every operation waiting in ONE transaction (each in a savepoint, so a failing
-      operation rolls back alone) and commits once: group commit, as in the SQLite store.
+      runs every operation waiting in ONE transaction and commits once: group commit, as in
+      the SQLite store. Round trips are what a busy dispatcher waits on, so a group first runs
+      without savepoints; only if one of its operations raises is it rolled back and run again
+      with a savepoint per operation, so that the failing one rolls back alone. The events of
+      a group are inserted, and NOTIFY sent, by one statement.
     * Claims are one ``UPDATE … FROM (SELECT … FOR UPDATE SKIP LOCKED)`` statement: two
       dispatchers never lease the same job, and neither waits for the other's locked rows.
       Every fenced change (heartbeat, complete, release, requeue) names the lease token in its
@@ -180,6 +183,14 @@ async def _init_connection(conn: Any) -> None:
     await conn.set_type_codec("jsonb", encoder=models.dumps_str, decoder=models.loads, schema="pg_catalog")
 
 
+class _OperationFailed(Exception):
+    """An operation of a group run without savepoints raised ``error``."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class _Tx:
     __slots__ = ("conn", "events")
 
@@ -211,6 +222,7 @@ class PostgresStore(Store):
         self.dsn = urlunsplit(parts._replace(scheme="postgresql", query="&".join(f"{k}={v}" for k, v in query.items())))
         self._pool: Any = None
         self._writer_conn: Any = None
+        self._failed_recently = False   # an operation of the last group raised: use savepoints
         self._ops: asyncio.Queue[tuple[Op, asyncio.Future[Any]] | None] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._cursor = 0                       # last seq published to subscribers
@@ -305,28 +317,29 @@ class PostgresStore(Store):
                 return
 
     async def _run_group(self, batch: list[tuple[Op, asyncio.Future[Any]]]) -> None:
+        """One transaction for every operation waiting. Optimistically without savepoints
+        (each is two round trips per operation); if an operation raises, the transaction is
+        rolled back and the group runs again with one savepoint per operation, so the one that
+        failed rolls back alone."""
         results: list[tuple[asyncio.Future[Any], bool, Any]] = []
         published: list[dict[str, Any]] = []
         try:
             if self._writer_conn is None or self._writer_conn.is_closed():
                 self._writer_conn = await self._connect()
             conn = self._writer_conn
-            async with conn.transaction():
-                events: list[Event] = []
-                for fn, future in batch:
-                    tx = _Tx(conn)
-                    try:
-                        async with conn.transaction():   # a savepoint: one failure rolls back alone
-                            value = await fn(tx)
-                    except Exception as exc:
-                        if _disconnected(exc):
-                            raise
-                        results.append((future, False, exc))
-                    else:
-                        results.append((future, True, value))
-                        events.extend(tx.events)
-                if events:
-                    published = await self._insert_events(conn, events)
+            if len(batch) == 1:   # alone in its transaction: a failure rolls back just it
+                try:
+                    results, published = await self._attempt_group(conn, batch, savepoints=False)
+                except _OperationFailed as failed:
+                    results, published = [(batch[0][1], False, failed.error)], []
+            else:
+                savepoints = self._failed_recently
+                try:
+                    results, published = await self._attempt_group(conn, batch, savepoints=savepoints)
+                    self._failed_recently = False
+                except _OperationFailed:
+                    self._failed_recently = True
+                    results, published = await self._attempt_group(conn, batch, savepoints=True)
         except Exception as exc:
             if not _disconnected(exc) and not isinstance(exc, asyncpg.PostgresError):
                 log.exception("write transaction failed")
@@ -348,19 +361,49 @@ class PostgresStore(Store):
         if published:
             self._publish_in_order(published)
 
+    async def _attempt_group(self, conn: Any, batch: list[tuple[Op, asyncio.Future[Any]]], savepoints: bool
+                             ) -> tuple[list[tuple[asyncio.Future[Any], bool, Any]], list[dict[str, Any]]]:
+        results: list[tuple[asyncio.Future[Any], bool, Any]] = []
+        published: list[dict[str, Any]] = []
+        async with conn.transaction():
+            events: list[Event] = []
+            for fn, future in batch:
+                tx = _Tx(conn)
+                try:
+                    if savepoints:
+                        async with conn.transaction():   # a savepoint: one failure rolls back alone
+                            value = await fn(tx)
+                    else:
+                        value = await fn(tx)
+                except Exception as exc:
+                    if _disconnected(exc):
+                        raise
+                    if not savepoints:
+                        raise _OperationFailed(exc) from exc   # rolls the transaction back
+                    results.append((future, False, exc))
+                else:
+                    results.append((future, True, value))
+                    events.extend(tx.events)
+            if events:
+                published = await self._insert_events(conn, events)
+        return results, published
+
     async def _insert_events(self, conn: Any, events: list[Event]) -> list[dict[str, Any]]:
+        # The lock orders event writers of every dispatcher; the next statement's snapshot,
+        # taken after it, sees every seq committed before. Insert and NOTIFY are one statement.
         await conn.execute("SELECT pg_advisory_xact_lock($1)", EVENT_LOCK)
-        last = await conn.fetchval("SELECT COALESCE(MAX(seq), 0) FROM tqueues_events")
         ts = models.now()
-        rows, published = [], []
-        for offset, (kind, queue, job_id, doc) in enumerate(events, start=1):
-            rows.append((last + offset, ts, kind, queue, job_id, doc))
-            published.append({"seq": last + offset, "ts": ts, "kind": kind, "queue": queue, "job_id": job_id,
-                              "new_val": doc})
-        await conn.executemany(
-            "INSERT INTO tqueues_events (seq, ts, kind, queue, job_id, doc) VALUES ($1, $2, $3, $4, $5, $6)", rows)
-        await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, str(last + len(events)))
-        return published
+        last = await conn.fetchval(
+            "WITH last AS (SELECT COALESCE(MAX(seq), 0) AS seq FROM tqueues_events),"
+            " ins AS (INSERT INTO tqueues_events (seq, ts, kind, queue, job_id, doc)"
+            "   SELECT last.seq + e.n, $1, e.kind, e.queue, e.job_id, e.doc"
+            "   FROM last, unnest($2::text[], $3::text[], $4::text[], $5::jsonb[]) WITH ORDINALITY AS e(kind, queue, job_id, doc, n)"
+            "   RETURNING seq)"
+            " SELECT m FROM (SELECT MAX(seq) AS m FROM ins) AS x, pg_notify($6, x.m::text)",
+            ts, [e[0] for e in events], [e[1] for e in events], [e[2] for e in events], [e[3] for e in events], CHANNEL)
+        first = int(last) - len(events) + 1
+        return [{"seq": first + offset, "ts": ts, "kind": kind, "queue": queue, "job_id": job_id, "new_val": doc}
+                for offset, (kind, queue, job_id, doc) in enumerate(events)]
 
     # ------------------------------------------------------------------ live events
 
