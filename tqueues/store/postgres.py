@@ -632,25 +632,23 @@ class PostgresStore(Store):
             # One queue (the usual case) is an equality, so the ready index is walked in order and
             # the walk stops after `limit` rows; `= ANY(...)` makes PostgreSQL sort every ready job.
             match = "queue = $5::text" if len(queues) == 1 else "queue = ANY($5::text[])"
+            # The claim and its execution rows, in one round trip.
             rows = await conn.fetch(
-                f"UPDATE tqueues_jobs j SET status = 'started', attempts = j.attempts + 1, lease = $1,"
+                f"WITH c AS (UPDATE tqueues_jobs j SET status = 'started', attempts = j.attempts + 1, lease = $1,"
                 f" lease_expires = $2, worker = $3, started_at = $4, updated_at = $4"
                 f" FROM (SELECT seq FROM tqueues_jobs WHERE status = 'pending' AND {match}"
                 f"       AND run_at <= $4"
                 f"       AND queue NOT IN (SELECT name FROM tqueues_queues WHERE paused)"
-                f"       ORDER BY priority DESC, run_at, seq LIMIT $6 FOR UPDATE SKIP LOCKED) c"
-                f" WHERE j.seq = c.seq RETURNING j.seq AS _order, {JCOLS}",
+                f"       ORDER BY priority DESC, run_at, seq LIMIT $6 FOR UPDATE SKIP LOCKED) pick"
+                f" WHERE j.seq = pick.seq RETURNING j.seq AS _order, {JCOLS}),"
+                f" x AS (INSERT INTO tqueues_executions (job_id, attempt, worker, lease, status, started_at)"
+                f"   SELECT id, attempts, $3, $1, 'started', $4 FROM c ON CONFLICT (job_id, attempt) DO UPDATE"
+                f"   SET worker = excluded.worker, lease = excluded.lease, status = 'started',"
+                f"   started_at = excluded.started_at, finished_at = NULL, error = NULL)"
+                f" SELECT * FROM c",
                 lease, now + lease_seconds, worker, now, queues[0] if len(queues) == 1 else queues, limit)
             rows = sorted(rows, key=lambda r: (-r["priority"], r["run_at"], r["_order"]))
             jobs = [row_to_job(r) for r in rows]
-            if not jobs:
-                return []
-            await conn.executemany(
-                "INSERT INTO tqueues_executions (job_id, attempt, worker, lease, status, started_at)"
-                " VALUES ($1, $2, $3, $4, 'started', $5) ON CONFLICT (job_id, attempt) DO UPDATE"
-                " SET worker = excluded.worker, lease = excluded.lease, status = 'started',"
-                " started_at = excluded.started_at, finished_at = NULL, error = NULL",
-                [(j["id"], j["attempts"], worker, lease, now) for j in jobs])
             for job in jobs:
                 tx.emit(models.EV_STARTED, job)
             return jobs
@@ -691,15 +689,13 @@ class PostgresStore(Store):
             async def flush() -> None:
                 if not finished:
                     return
-                await conn.execute(
-                    "UPDATE tqueues_jobs j SET status = 'finished', result = f.result, error = NULL, lease = NULL,"
-                    " lease_expires = NULL, finished_at = $1, updated_at = $1"
-                    " FROM unnest($2::text[], $3::jsonb[]) AS f(id, result) WHERE j.id = f.id",
-                    now, [f[0] for f in finished], [f[1] for f in finished])
-                await conn.execute(
-                    "UPDATE tqueues_executions e SET status = 'finished', finished_at = $1"
-                    " FROM unnest($2::text[], $3::int[]) AS x(job_id, attempt) WHERE e.job_id = x.job_id AND e.attempt = x.attempt",
-                    now, [f[0] for f in finished], [f[2] for f in finished])
+                await conn.execute(   # the jobs and their executions, in one round trip
+                    "WITH f AS (SELECT * FROM unnest($2::text[], $3::jsonb[], $4::int[]) AS f(id, result, attempt)),"
+                    " jobs AS (UPDATE tqueues_jobs j SET status = 'finished', result = f.result, error = NULL, lease = NULL,"
+                    "   lease_expires = NULL, finished_at = $1, updated_at = $1 FROM f WHERE j.id = f.id)"
+                    " UPDATE tqueues_executions e SET status = 'finished', finished_at = $1"
+                    " FROM f WHERE e.job_id = f.id AND e.attempt = f.attempt",
+                    now, [f[0] for f in finished], [f[1] for f in finished], [f[2] for f in finished])
                 finished.clear()
 
             for outcome in outcomes:
