@@ -7,8 +7,6 @@ happens inside the methods, so this module loads in any of the harness' virtual 
 """
 
 from __future__ import annotations
-
-import os
 import urllib.request
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
@@ -18,6 +16,7 @@ if TYPE_CHECKING:   # pragma: no cover
 
 QUEUE = "bench"
 CONCURRENCY = 16           # coroutine slots per worker process, the same for every async system
+TQ_PREFETCH = 128          # tqueues: jobs leased ahead of free slots, as docs/workers.md advises for short jobs
 
 
 @dataclass
@@ -100,7 +99,8 @@ class Peer:
             return [[f"{b}/python", "-m", "bench.apps.pgqueuer_app"] for _ in range(2)]
         if self.tqueues:
             return [[f"{b}/tqueues_worker", "--endpoint_url", ctx.tq_url or "", "--queue", QUEUE,
-                     "--import", "bench.apps.tqueues_app", "--concurrency", str(CONCURRENCY), "--loglevel", "WARNING"]
+                     "--import", "bench.apps.tqueues_app", "--concurrency", str(CONCURRENCY),
+                     "--prefetch", str(TQ_PREFETCH), "--loglevel", "WARNING"]
                     for _ in range(2)]
         raise ValueError(name)
 
@@ -232,10 +232,11 @@ def tq_health(url: str) -> bool:
 
 PEERS: list[Peer] = [
     Peer("tqueues-sqlite", "tqueues (this repository)", "sqlite",
-         "dispatcher on SQLite (WAL) + 2 × `tqueues_worker --concurrency 16` (coroutine job on the worker loop); "
+         "dispatcher on SQLite (WAL) + 2 × `tqueues_worker --concurrency 16 --prefetch 128` (coroutine job on the "
+         "worker loop; the prefetch docs/workers.md recommends for jobs of a few milliseconds); "
          "producer → dispatcher → workers over HTTP", has_batch=True, tqueues=True),
     Peer("tqueues-postgres", "tqueues (this repository)", "postgres",
-         "dispatcher on PostgreSQL (`--pool-size 10`) + 2 × `tqueues_worker --concurrency 16`; over HTTP",
+         "dispatcher on PostgreSQL (`--pool-size 10`) + 2 × `tqueues_worker --concurrency 16 --prefetch 128`; over HTTP",
          has_batch=True, tqueues=True),
     Peer("celery", "celery[redis]", "redis",
          "`celery worker -P prefork -c 2 --prefetch-multiplier 64 --without-gossip --without-mingle "
