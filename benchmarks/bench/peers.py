@@ -7,6 +7,8 @@ happens inside the methods, so this module loads in any of the harness' virtual 
 """
 
 from __future__ import annotations
+
+import os
 import urllib.request
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
