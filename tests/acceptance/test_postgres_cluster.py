@@ -169,3 +169,29 @@ async def test_given_load_when_postgresql_restarts_immediately_then_503s_then_re
         done = await asyncio.gather(*(client.wait(i, timeout=120) for i in acknowledged))
     # And every acknowledged enqueue finished
     assert collections.Counter(j["status"] for j in done) == {"finished": len(acknowledged)}
+
+
+async def test_given_a_client_waiting_on_a_job_when_postgresql_is_down_then_the_wait_rides_out_the_503s(
+        fleet: Fleet, pg_cluster: pg.Cluster) -> None:
+    if not pg_cluster.own:
+        pytest.skip("outage test skipped: TQUEUES_TEST_POSTGRES names a server these tests must not stop")
+    a = fleet.dispatcher()
+    async with Client(a) as client:
+        job = await client.enqueue(RECORD, fleet.ledger, "outage", queue="outage")
+        # Given PostgreSQL is down, so the dispatcher answers 503 with Retry-After
+        await asyncio.get_running_loop().run_in_executor(None, pg_cluster.pg_ctl, "stop", "-m", "immediate")
+        try:
+            async with aiohttp.ClientSession() as session:
+                async with session.get(a + "api/v1/events") as response:
+                    assert response.status == 503 and response.headers.get("Retry-After")
+            # When a client starts waiting on the job during the outage
+            waiting = asyncio.ensure_future(client.wait(job["id"], timeout=120))
+            await asyncio.sleep(1.5)
+            # Then it keeps trying instead of failing
+            assert not waiting.done(), waiting.exception() if waiting.done() else None
+        finally:
+            await asyncio.get_running_loop().run_in_executor(None, pg_cluster.pg_ctl, "start")
+        # And once the database is back and a worker runs the job, the wait returns it finished
+        fleet.worker(a, "outage")
+        done = await waiting
+    assert done["status"] == "finished" and done["id"] == job["id"]

@@ -39,6 +39,8 @@ async def test_given_a_failing_operation_in_a_group_then_only_it_fails_and_the_o
     assert [job["args"] for job in jobs] == [[i] for i in range(5)]
     for job in jobs:
         assert (await pg_store.get(job["id"]))["status"] == "pending"
+    # (the queue was created by the attempt that committed, and is known from then on)
+    assert "g" in {q["name"] for q in await pg_store.queues()} and "g" in pg_store._queues_known
     # And each enqueue has exactly one event, numbered without a gap
     events = await pg_store.events_since(before)
     assert sorted(e["job_id"] for e in events) == sorted(j["id"] for j in jobs)

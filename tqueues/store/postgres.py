@@ -192,11 +192,12 @@ class _OperationFailed(Exception):
 
 
 class _Tx:
-    __slots__ = ("conn", "events")
+    __slots__ = ("conn", "events", "after_commit")
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
         self.events: list[Event] = []
+        self.after_commit: list[Callable[[], None]] = []   # run once the transaction committed
 
     def emit(self, kind: str, job: dict[str, Any]) -> None:
         self.events.append((kind, job.get("queue"), job.get("id"), job))
@@ -223,6 +224,7 @@ class PostgresStore(Store):
         self._pool: Any = None
         self._writer_conn: Any = None
         self._failed_recently = False   # an operation of the last group raised: use savepoints
+        self._queues_known: set[str] = set()
         self._ops: asyncio.Queue[tuple[Op, asyncio.Future[Any]] | None] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._cursor = 0                       # last seq published to subscribers
@@ -365,6 +367,7 @@ class PostgresStore(Store):
                              ) -> tuple[list[tuple[asyncio.Future[Any], bool, Any]], list[dict[str, Any]]]:
         results: list[tuple[asyncio.Future[Any], bool, Any]] = []
         published: list[dict[str, Any]] = []
+        committed: list[Callable[[], None]] = []
         async with conn.transaction():
             events: list[Event] = []
             for fn, future in batch:
@@ -384,8 +387,11 @@ class PostgresStore(Store):
                 else:
                     results.append((future, True, value))
                     events.extend(tx.events)
+                    committed.extend(tx.after_commit)
             if events:
                 published = await self._insert_events(conn, events)
+        for hook in committed:
+            hook()
         return results, published
 
     async def _insert_events(self, conn: Any, events: list[Event]) -> list[dict[str, Any]]:
@@ -484,11 +490,16 @@ class PostgresStore(Store):
         row = await conn.fetchrow(f"UPDATE tqueues_jobs SET {sets} WHERE id = $1 {where} RETURNING {COLS}", job_id, *values)
         return row_to_job(row) if row else None
 
-    @staticmethod
-    async def _ensure_queues(conn: Any, names: set[str], now: float) -> None:
-        await conn.execute(
+    async def _ensure_queues(self, tx: "_Tx", names: set[str], now: float) -> None:
+        """Create the queues not known to exist. Queues are never deleted, so a name this
+        dispatcher has seen committed needs no round trip again."""
+        missing = names - self._queues_known
+        if not missing:
+            return
+        await tx.conn.execute(
             "INSERT INTO tqueues_queues (name, paused, created_at, updated_at)"
-            " SELECT unnest($1::text[]), FALSE, $2, $2 ON CONFLICT (name) DO NOTHING", sorted(names), now)
+            " SELECT unnest($1::text[]), FALSE, $2, $2 ON CONFLICT (name) DO NOTHING", sorted(missing), now)
+        tx.after_commit.append(lambda: self._queues_known.update(missing))
 
     # ------------------------------------------------------------------ producers
 
@@ -512,7 +523,7 @@ class PostgresStore(Store):
                 rows.append(tuple(doc[k] for k in JOB_KEYS))
                 out[index] = (doc, True)
                 tx.emit(models.EV_CREATED, doc)
-            await self._ensure_queues(conn, {spec.queue for spec in jobs}, now)
+            await self._ensure_queues(tx, {spec.queue for spec in jobs}, now)
             if rows:
                 marks = ", ".join(f"${i}" for i in range(1, len(JOB_KEYS) + 1))
                 # A key taken by a concurrent dispatcher since the check fails this operation alone.
@@ -879,7 +890,7 @@ class PostgresStore(Store):
 
     async def _set_queue(self, name: str, settings: dict[str, bool], now: float) -> dict[str, Any]:
         async def op(tx: _Tx) -> dict[str, Any]:
-            await self._ensure_queues(tx.conn, {name}, now)
+            await self._ensure_queues(tx, {name}, now)
             for column, value in settings.items():   # column names come from the contract, not the caller
                 await tx.conn.execute(f"UPDATE tqueues_queues SET {column} = $1, updated_at = $2 WHERE name = $3",
                                       value, now, name)
