@@ -7,6 +7,7 @@ import asyncio
 import time
 from typing import Any
 
+import aiohttp
 import pytest
 from support.server import Server
 
@@ -116,3 +117,38 @@ async def test_given_the_woken_claim_fails_then_the_wake_up_passes_on_and_the_jo
     for task in waiting:
         task.cancel()
     await asyncio.gather(*waiting, return_exceptions=True)
+
+
+async def test_given_a_client_that_leaves_while_its_claim_commits_then_the_jobs_are_handed_back_unrun(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    [job] = await enqueue(server)
+    # Given a store whose claims take a moment (a busy database)
+    original = server.store.claim
+    committed = asyncio.Event()
+
+    async def slow(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.5)
+        try:
+            return await original(*args, **kwargs)
+        finally:
+            committed.set()
+
+    monkeypatch.setattr(server.store, "claim", slow)
+    # When the worker gives up on its claim (it was stopped) before the claim commits
+    with pytest.raises(asyncio.TimeoutError):
+        await server.session.post(server.url + "api/v1/claim", json={"queue": "wq", "worker": "gone", "limit": 5},
+                                  timeout=aiohttp.ClientTimeout(total=0.1))
+    # Then, once the claim has committed, the job it leased is handed back at once, unrun
+    # and its attempt not counted
+    await asyncio.wait_for(committed.wait(), 5)
+    deadline = time.monotonic() + 5
+    while True:
+        status, doc = await server.call("GET", f"/api/v1/jobs/{job['id']}")
+        if doc["status"] == "pending" or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    assert (doc["status"], doc["attempts"], doc["lease"]) == ("pending", 0, None)
+    assert doc["worker"] in (None, "gone")
+    # And another worker can claim it now, not a lease later
+    monkeypatch.setattr(server.store, "claim", original)
+    assert [j["id"] for j in await claim(server, "next", wait=0)] == [job["id"]]

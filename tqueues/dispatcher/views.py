@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from typing import Any
 
@@ -18,6 +19,8 @@ from .feeds import Feed, Hub, run_feed
 from .http import (batch, field, integer, json_response, leases, number, query_float, query_int, query_str,
                    read_json, read_object)
 from .openapi import OPENAPI
+
+log = logging.getLogger("tqueues.dispatcher")
 
 MAX_TRACEBACK = 64 * 1024
 BACKSTOP = 5.0   # longest sleep of a long-poll between checks, should an event be missed
@@ -334,6 +337,12 @@ async def claim(request: web.Request) -> web.Response:
     require_queues(request, queues)
     jobs = await claim_wait(store, hub, queues, worker_param(body), limit, lease, wait, request,
                             principal_of(request).lease_prefix)
+    if jobs and client_gone(request):
+        # The client left while its claim committed (a worker stopping cancels its long poll):
+        # nobody will run these, so hand them back now instead of after their lease.
+        await store.release([(job["id"], job["lease"]) for job in jobs])
+        log.info("claim of %d job(s) released: the client left before the answer", len(jobs))
+        return json_response({"jobs": [], "lease_seconds": lease})
     return json_response({"jobs": jobs, "lease_seconds": lease})   # the one answer that shows leases
 
 
