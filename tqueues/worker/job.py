@@ -119,10 +119,18 @@ class Job:
         inner.add_done_callback(lambda _: wake.done() or wake.set_result(None))
         if self.lost and not wake.done():
             wake.set_result(None)
+        inner.add_done_callback(_retrieve)   # its outcome is read below, or it was abandoned
         try:
             await (wake if self.timeout is None else asyncio.wait_for(wake, self.timeout))
         except asyncio.TimeoutError:
             pass
+        except asyncio.CancelledError:
+            # The worker is stopping past its grace period: stop the function too (a child
+            # process is killed) before the worker closes its process pool.
+            if not inner.done():
+                inner.cancel()
+                await asyncio.shield(asyncio.wait({inner}, timeout=self.worker.stop_grace + 1))
+            raise
         if not inner.done():
             inner.cancel()
             await asyncio.wait({inner}, timeout=self.worker.stop_grace)
@@ -164,6 +172,13 @@ class Job:
         self.worker._report(self, {"id": self.id, "lease": self.lease, "status": models.FAILED,
                                    "error": error_of(exc), "retry": not isinstance(exc, NotRegistered)})
         return True
+
+
+def _retrieve(future: "asyncio.Future[Any]") -> None:
+    """Mark a finished function's exception as seen, so an abandoned one is not reported by
+    asyncio as "never retrieved" (its attempt's outcome is recorded elsewhere)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def error_of(exc: BaseException) -> dict[str, Any]:

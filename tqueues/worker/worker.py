@@ -264,7 +264,7 @@ class Worker:
         """Give running jobs ``grace`` seconds to finish, then stop them (their leases are released)."""
         if not self._running:
             return
-        log.info("waiting up to %.0f s for %d running job(s)", self.grace, len(self._running))
+        log.info("waiting up to %g s for %d running job(s)", self.grace, len(self._running))
         _, pending = await asyncio.wait(set(self._running), timeout=self.grace)
         for task in pending:
             task.cancel()
