@@ -64,8 +64,10 @@ async def test_given_sigterm_with_jobs_in_flight_then_it_claims_nothing_more_fin
                 assert (doc["status"], doc["attempts"]) == ("pending", 0), doc
                 assert await client.executions(doc["id"]) == []
             # And nothing enqueued after the signal started there. (A job enqueued at the very
-            # moment of the signal may be leased by the claim the worker was abandoning: the
-            # dispatcher then holds it until its lease expires; the checker sees it run later.)
+            # moment of the signal may be leased by the claim the worker was abandoning; the
+            # dispatcher hands such a claim back when it sees the client gone, but if the client
+            # leaves between that check and the answer the job is held until its lease expires;
+            # the checker sees it run later.)
             assert rig.ledger.count(tags=[s["key"] for s in racing + later]) == 0
             for spec in racing:
                 doc = await client.get(ids[spec["key"]])
