@@ -131,19 +131,35 @@ def _bad(field_name: str, message: str) -> InvalidRequest:
 
 
 def check_queue(name: Any, field_name: str = "queue") -> str:
+    if isinstance(name, str) and name in _VALID_QUEUES:   # a batch names the same queue 1,000 times
+        return name
     if not isinstance(name, str) or not name:
         raise _bad(field_name, "a non-empty string is required")
     if not QUEUE_RE.match(name):
         raise _bad(field_name, "must be 1-128 characters of letters, digits and _ . : - (starting with a letter or digit)")
+    _remember(_VALID_QUEUES, name)
     return name
 
 
 def check_method(name: Any) -> str:
+    if isinstance(name, str) and name in _VALID_METHODS:
+        return name
     if not isinstance(name, str) or not name:
         raise _bad("method", "a non-empty string is required")
     if len(name) > 512 or not METHOD_RE.match(name):
         raise _bad("method", "must name a function as 'package.module:function'")
+    _remember(_VALID_METHODS, name)
     return name
+
+
+_VALID_QUEUES: set[str] = set()    # names that passed their check (bounded: see _remember)
+_VALID_METHODS: set[str] = set()
+
+
+def _remember(names: set[str], name: str) -> None:
+    if len(names) >= 10_000:
+        names.clear()
+    names.add(name)
 
 
 def _number(value: Any, field_name: str, *, minimum: float | None = None, maximum: float | None = None) -> float:

@@ -52,3 +52,19 @@ def test_backoff_grows_exponentially_with_jitter_and_is_capped() -> None:
     assert models.backoff_delay(1.0, 3, 0.0) == 2.0
     assert models.backoff_delay(1.0, 60, 0.99) == models.MAX_BACKOFF
     assert models.backoff_delay(0.0, 5, 0.5) == 0.0
+
+
+@pytest.mark.parametrize("bad", [["q"], {"q": 1}, 7, None, "", "bad queue", "-x"])
+def test_queue_names_are_checked_every_time_whatever_was_accepted_before(bad: object) -> None:
+    assert models.check_queue("q") == "q" and models.check_queue("q") == "q"   # remembered
+    for _ in range(2):   # unhashable or invalid names are never taken from what was remembered
+        with pytest.raises(InvalidRequest):
+            models.check_queue(bad)
+
+
+@pytest.mark.parametrize("bad", [["m:f"], {"m": 1}, 7, None, "", "not a method", "m:"])
+def test_method_names_are_checked_every_time_whatever_was_accepted_before(bad: object) -> None:
+    assert models.check_method("m:f") == "m:f" and models.check_method("m:f") == "m:f"
+    for _ in range(2):
+        with pytest.raises(InvalidRequest):
+            models.check_method(bad)

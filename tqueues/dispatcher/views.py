@@ -187,9 +187,9 @@ async def create_jobs(request: web.Request) -> web.Response:
 async def check_enqueue(request: web.Request, jobs: list[models.NewJob]) -> None:
     """The principal may use these queues and methods; strict queues take only methods a
     worker of theirs registered."""
-    for job in jobs:
-        require_queue(request, job.queue)
-        require_method(request, job.method)
+    for queue, method in dict.fromkeys((job.queue, job.method) for job in jobs):   # each pair once, in order
+        require_queue(request, queue)
+        require_method(request, method)
     await request.app[STRICT_QUEUES].check(request.app, jobs)
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 import os
 import queue as _queue
 import secrets
@@ -136,6 +137,16 @@ CREATE TABLE IF NOT EXISTS workers (
 
 COLS = ", ".join(JOB_KEYS)
 JSON_COLS = ("args", "kwargs", "data", "result", "error", "secrets")
+_JOB_VALUES = operator.itemgetter(*JOB_KEYS)
+_JSON_POSITIONS = [i for i, k in enumerate(JOB_KEYS) if k in JSON_COLS]
+
+
+def job_row(doc: dict[str, Any]) -> list[Any]:
+    """The column values of a job document, JSON columns serialised, in JOB_KEYS order."""
+    row = list(_JOB_VALUES(doc))
+    for i in _JSON_POSITIONS:
+        row[i] = models.dumps_str(row[i])
+    return row
 _JSON_IDX = tuple(JOB_KEYS.index(c) for c in JSON_COLS)
 MAX_GROUP = 1024
 BUSY_TIMEOUT_MS = 30_000
@@ -525,7 +536,7 @@ class SQLiteStore(Store):
                 doc = new_job(spec, now)
                 if spec.key is not None:
                     seen_keys[spec.key] = doc
-                rows.append(tuple(models.dumps_str(doc[k]) if k in JSON_COLS else doc[k] for k in JOB_KEYS))
+                rows.append(job_row(doc))
                 out[index] = (doc, True)
                 tx.emit(models.EV_CREATED, doc)
             self._ensure_queues(conn, {spec.queue for spec in jobs}, now)
