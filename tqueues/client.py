@@ -12,7 +12,7 @@ import asyncio
 import ssl
 import threading
 import time
-from typing import Any, AsyncIterator, Callable, Coroutine, Iterable, Mapping, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping, TypeVar
 
 import aiohttp
 
@@ -151,7 +151,7 @@ class Client:
     async def _wait_for_end(self, job_id: str) -> dict[str, Any]:
         # Subscribe first, then read the job: an end between the two is seen either way.
         async with self.watch(job=job_id) as events:
-            job = await self._get_through_outages(job_id)
+            job = await _through_outages(lambda: self.get(job_id))
             if job["status"] in models.TERMINAL:
                 return job
             async for event in events:
@@ -159,18 +159,6 @@ class Client:
                 if event["kind"].startswith("job.") and isinstance(doc, dict) and doc.get("status") in models.TERMINAL:
                     return doc
         return await self.get(job_id)  # pragma: no cover - the feed never ends before the job
-
-    async def _get_through_outages(self, job_id: str) -> dict[str, Any]:
-        """``get``, retried while the dispatcher answers 502/503/504 (its database is away)."""
-        delay = 0.2
-        while True:
-            try:
-                return await self.get(job_id)
-            except ClientError as exc:
-                if exc.status not in TRANSIENT:
-                    raise
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
 
     def watch(self, *, queue: str | None = None, job: str | None = None, kinds: Iterable[str] | None = None,
               since: int | None = None) -> "EventFeed":
@@ -282,6 +270,25 @@ def _retry_after(headers: Any) -> float | None:
         return None
 
 
+async def _through_outages(call: Callable[[], Awaitable[T]], unreachable_ok: bool = False) -> T:
+    """``call()``, retried with backoff while the dispatcher is busy or has lost its database
+    (502, 503, 504, honouring Retry-After), and while it is unreachable when ``unreachable_ok``;
+    any other error (a 4xx refusal) is raised at once."""
+    delay = 0.2
+    while True:
+        try:
+            return await call()
+        except ClientError as exc:
+            if exc.status in TRANSIENT:
+                wait = getattr(exc, "retry_after", None) or delay
+            elif exc.status == 0 and unreachable_ok:
+                wait = delay
+            else:
+                raise
+        await asyncio.sleep(min(wait, 5.0))
+        delay = min(delay * 2, 5.0)
+
+
 class EventFeed:
     """An async iterator of events over a websocket; reconnects and resumes from the last seq."""
 
@@ -299,7 +306,7 @@ class EventFeed:
         self._ws: aiohttp.ClientWebSocketResponse | None = None
 
     async def __aenter__(self) -> "EventFeed":
-        await self._connect_retrying(unreachable_ok=False)
+        await _through_outages(self._connect)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -327,32 +334,13 @@ class EventFeed:
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise ClientError(f"GET {url}: {exc}", status=0, code="unreachable") from None
 
-    async def _connect_retrying(self, unreachable_ok: bool) -> None:
-        """Connect; a busy dispatcher (502, 503, 504: e.g. its database pool is exhausted or the
-        database restarts) is retried with backoff, honouring Retry-After. An unreachable one
-        is retried only when ``unreachable_ok``; a refusal (4xx) is raised at once."""
-        delay = 0.2
-        while True:
-            try:
-                await self._connect()
-                return
-            except ClientError as exc:
-                if exc.status in TRANSIENT:
-                    wait = getattr(exc, "retry_after", None) or delay
-                elif exc.status == 0 and unreachable_ok:
-                    wait = delay
-                else:
-                    raise
-            await asyncio.sleep(min(wait, 5.0))
-            delay = min(delay * 2, 5.0)
-
     def __aiter__(self) -> "EventFeed":
         return self
 
     async def __anext__(self) -> dict[str, Any]:
         while True:
             if self._ws is None:
-                await self._connect_retrying(unreachable_ok=True)
+                await _through_outages(self._connect, unreachable_ok=True)
             assert self._ws is not None
             message = await self._ws.receive()
             if message.type == aiohttp.WSMsgType.TEXT:

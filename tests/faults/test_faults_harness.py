@@ -8,7 +8,7 @@ import time
 import aiohttp
 import pytest
 from faults.harness import FAILED, OK, RECORD, UNKNOWN, Attempt, Rig
-from support.ledger_jobs import append
+from support.jobs import append
 
 from tqueues import Client
 

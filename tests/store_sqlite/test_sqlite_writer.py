@@ -13,18 +13,14 @@ from pathlib import Path
 import pytest
 
 from tqueues import models
-from tqueues.store import Outcome, open_store
+from tqueues.store import Outcome
 from tqueues.store import sqlite as sqlite_store
 
 
 @pytest.fixture
-async def store(tmp_path: Path):
-    s = open_store(f"sqlite:///{tmp_path / 'q.db'}")
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
+def db_url(tmp_path: Path) -> str:
+    """This module's tests are about the SQLite store: ``store`` opens this file."""
+    return f"sqlite:///{tmp_path / 'q.db'}"
 
 
 def spec(n: int, pad: str = "") -> models.NewJob:

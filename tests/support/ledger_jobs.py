@@ -19,13 +19,7 @@ import os
 import time
 from typing import Any
 
-
-def append(ledger: str, line: str) -> None:
-    fd = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, (line + "\n").encode())
-    finally:
-        os.close(fd)
+from support.jobs import append   # one O_APPEND write per line
 
 
 def _line(kind: str, job: Any, start: float, end: float | None, tag: str) -> str:

@@ -61,21 +61,22 @@ async def claim_wait(store: Store, hub: Hub, queues: list[str], worker: str, lim
     woken = False   # this claim follows a wake-up meant for someone who claims
     while True:
         with hub.wait_queues(queues) as waiter:
-            if hub.closing or (request is not None and client_gone(request)):
-                if woken or waiter.woken:   # pass the wake-up on: a job is waiting for a claim
+            def pass_on(still_wanted: bool) -> None:   # a job may wait for the next claim
+                if still_wanted:
                     hub.wake_queues(queues, 1, exclude=waiter)
+
+            if hub.closing or (request is not None and client_gone(request)):
+                pass_on(woken or waiter.woken)
                 return []
             try:
                 jobs = await store.claim(queues, worker, limit, lease, lease_prefix)
             except BaseException:
-                if woken or waiter.woken:
-                    hub.wake_queues(queues, 1, exclude=waiter)
+                pass_on(woken or waiter.woken)
                 raise
             if jobs:
                 # A full claim may have left jobs behind, and a wake-up that came during the
                 # claim may be for a job it could not see yet: either way the next claim looks.
-                if len(jobs) >= limit or waiter.woken:
-                    hub.wake_queues(queues, 1, exclude=waiter)
+                pass_on(len(jobs) >= limit or waiter.woken)
                 return jobs
             woken = False
             remaining = deadline - time.monotonic()
@@ -331,7 +332,7 @@ async def claim(request: web.Request) -> web.Response:
     store, settings, hub = app_state(request)
     body = await read_object(request)
     queues = queues_param(body)
-    limit = integer(body, "limit", 1, minimum=1, maximum=1000)
+    limit = integer(body, "limit", 1, minimum=1, maximum=models.MAX_CLAIM)
     wait = number(body, "wait", 0.0, minimum=0.0, maximum=settings.max_wait)
     lease = number(body, "lease", settings.lease, minimum=0.01, maximum=24 * 3600)
     require_queues(request, queues)

@@ -44,7 +44,7 @@ JOB_KEYS = (
     "error", "key", "created_at", "started_at", "finished_at", "updated_at", "secrets",
 )
 EXECUTION_KEYS = ("job_id", "attempt", "worker", "status", "started_at", "finished_at", "error")
-MAX_CLAIM = 1000
+MAX_CLAIM = models.MAX_CLAIM
 LOG_STREAMS = ("stdout", "stderr", "log")
 WORKER_COMMANDS = (None, "stop")
 MAX_LEASE = 24 * 3600.0

@@ -137,17 +137,8 @@ CREATE TABLE IF NOT EXISTS workers (
 
 COLS = ", ".join(JOB_KEYS)
 JSON_COLS = ("args", "kwargs", "data", "result", "error", "secrets")
-_JOB_VALUES = operator.itemgetter(*JOB_KEYS)
-_JSON_POSITIONS = [i for i, k in enumerate(JOB_KEYS) if k in JSON_COLS]
-
-
-def job_row(doc: dict[str, Any]) -> list[Any]:
-    """The column values of a job document, JSON columns serialised, in JOB_KEYS order."""
-    row = list(_JOB_VALUES(doc))
-    for i in _JSON_POSITIONS:
-        row[i] = models.dumps_str(row[i])
-    return row
 _JSON_IDX = tuple(JOB_KEYS.index(c) for c in JSON_COLS)
+_JOB_VALUES = operator.itemgetter(*JOB_KEYS)
 MAX_GROUP = 1024
 BUSY_TIMEOUT_MS = 30_000
 INLINE_ITEMS = 64                 # the most jobs an operation may touch to run inline
@@ -156,6 +147,14 @@ CHECKPOINT_EVERY = 0.5            # seconds between looks at the WAL's size
 CHECKPOINT_BYTES = 32 * 1024 * 1024
 
 Event = tuple[str, str | None, str | None, dict[str, Any]]   # kind, queue, job_id, new_val
+
+
+def job_row(doc: dict[str, Any]) -> list[Any]:
+    """The column values of a job document, JSON columns serialised, in JOB_KEYS order."""
+    row = list(_JOB_VALUES(doc))
+    for i in _JSON_IDX:
+        row[i] = models.dumps_str(row[i])
+    return row
 
 
 def row_to_job(row: Sequence[Any]) -> dict[str, Any]:

@@ -33,8 +33,7 @@ log = logging.getLogger("tqueues.worker")
 ISOLATIONS = ("process", "thread")
 LOG_BATCH = 500             # captured lines sent in one request
 LOG_INTERVAL = 0.2          # seconds between sends of captured lines while jobs print
-MAX_LOG_BACKLOG = 100_000
-MAX_CLAIM = 1000            # the most jobs one claim may ask for   # lines kept while the dispatcher is unreachable; newer ones are dropped
+MAX_LOG_BACKLOG = 100_000   # lines kept while the dispatcher is unreachable; newer ones are dropped
 
 
 class Worker:
@@ -224,7 +223,7 @@ class Worker:
         try:
             while not self._stopping.is_set():
                 held = len(self._running) + len(self._ready)
-                want = min(capacity - held, MAX_CLAIM)
+                want = min(capacity - held, models.MAX_CLAIM)
                 if want <= 0 or (held and want < batch):
                     self._slot_free.clear()
                     await self._slot_free.wait()
