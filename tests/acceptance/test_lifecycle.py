@@ -175,3 +175,24 @@ async def test_given_sigterm_with_jobs_in_flight_then_the_worker_finishes_or_rel
         # And a new claim gets nothing from the stopped worker's queue but the released job
         workers = {w["id"]: w for w in await client.workers()}
         assert any(w["status"] == "stopped" for w in workers.values())
+
+
+async def test_given_hung_plain_jobs_past_the_grace_period_then_sigterm_stops_them_cleanly(cluster: Cluster) -> None:
+    url = cluster.start_dispatcher()
+    worker = cluster.worker("hungterm", "--grace", "0.5", concurrency=2)
+    async with Client(url) as client:
+        # Given two plain functions that never return, running in child processes
+        jobs = [await client.enqueue("support.jobs:sleep_forever", queue="hungterm"),
+                await client.enqueue("support.jobs:spin_forever", queue="hungterm")]
+        deadline = time.monotonic() + 20
+        while [(await client.get(j["id"]))["status"] for j in jobs] != ["started"] * 2:
+            assert time.monotonic() < deadline, "the jobs never started"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+        # When the worker gets SIGTERM and its grace period runs out
+        assert worker.terminate() == 0, worker.output()
+        released = [await client.get(j["id"]) for j in jobs]
+    # Then both jobs were stopped and handed back, and shutting down logged no error
+    assert [(j["status"], j["attempts"]) for j in released] == [("pending", 0)] * 2
+    output = worker.output()
+    assert "never retrieved" not in output and "Traceback" not in output and "ERROR" not in output, output
