@@ -9,8 +9,9 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import re
+import os
+import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
@@ -84,6 +85,18 @@ def now() -> float:
 
 _last_ms = 0
 _counter = 0
+_id_lock = threading.Lock()     # ids are made on the loop and on the store's writer thread
+_random = b""                   # unpredictable bytes, drawn from the OS a few thousand at a time
+_random_at = 0
+RANDOM_CHUNK = 4096
+
+
+def _forget_random() -> None:   # a forked child must not reuse its parent's bytes
+    global _random, _random_at
+    _random, _random_at = b"", 0
+
+
+os.register_at_fork(after_in_child=_forget_random)
 
 
 def new_id() -> str:
@@ -92,13 +105,19 @@ def new_id() -> str:
     Ids made later sort later, so the indexes keyed by job id (executions, events, the id
     itself) grow at their end instead of being written at random pages.
     """
-    global _last_ms, _counter
-    ms = time.time_ns() // 1_000_000
-    if ms == _last_ms:
-        _counter = (_counter + 1) & 0xFFFF
-    else:
-        _last_ms, _counter = ms, 0
-    return f"{ms:012x}{_counter:04x}{uuid.uuid4().int & 0xFFFF_FFFF_FFFF_FFFF:016x}"
+    global _last_ms, _counter, _random, _random_at
+    with _id_lock:
+        ms = time.time_ns() // 1_000_000
+        if ms == _last_ms:
+            _counter = (_counter + 1) & 0xFFFF
+        else:
+            _last_ms, _counter = ms, 0
+        counter = _counter
+        if _random_at >= len(_random):
+            _random, _random_at = os.urandom(RANDOM_CHUNK), 0
+        tail = _random[_random_at:_random_at + 8]
+        _random_at += 8
+    return f"{ms:012x}{counter:04x}{tail.hex()}"
 
 
 # --------------------------------------------------------------------------- JSON

@@ -152,3 +152,73 @@ async def test_given_a_client_that_leaves_while_its_claim_commits_then_the_jobs_
     # And another worker can claim it now, not a lease later
     monkeypatch.setattr(server.store, "claim", original)
     assert [j["id"] for j in await claim(server, "next", wait=0)] == [job["id"]]
+
+
+# ---------------------------------------------------------------------------- push dispatch
+
+def groups_writes(server: Server) -> bool:
+    """SQLite and PostgreSQL commit operations submitted together in one transaction."""
+    return type(server.store).__name__ in ("SQLiteStore", "PostgresStore")
+
+
+async def test_given_a_parked_claim_when_a_job_arrives_then_the_enqueue_hands_it_over_in_the_same_write(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = count_claims(server, monkeypatch)
+    parked = asyncio.ensure_future(claim(server, "idle", limit=5))
+    await settle(calls, 1)
+    await asyncio.sleep(0.1)
+    since = await server.store.last_seq()
+    # When one job is enqueued
+    [job] = await enqueue(server)
+    # Then the parked claim answers with it, after one more store claim (the enqueue's own)
+    assert [j["id"] for j in await asyncio.wait_for(parked, 5)] == [job["id"]]
+    assert len(calls) == 2
+    events = [e for e in await server.store.events_since(since, 100) if e["job_id"] == job["id"]]
+    assert [e["kind"] for e in events] == ["job.created", "job.started"]
+    assert events[1]["new_val"]["worker"] == "idle"
+    if groups_writes(server):
+        # one transaction: consecutive events stamped with the same commit time
+        assert events[1]["seq"] == events[0]["seq"] + 1
+        assert events[0]["ts"] == events[1]["ts"]
+
+
+async def test_given_a_parked_claim_on_a_paused_queue_when_a_job_arrives_then_it_waits_until_resume(
+        server: Server) -> None:
+    status, _ = await server.call("POST", "/api/v1/queues/wq/pause")
+    assert status == 200
+    parked = asyncio.ensure_future(claim(server, "idle", limit=5, wait=10))
+    await asyncio.sleep(0.2)
+    # When a job arrives while the queue is paused
+    [job] = await enqueue(server)
+    await asyncio.sleep(0.3)
+    # Then the claim is not answered (its handed-over claim found nothing) and the job waits
+    assert not parked.done()
+    status, doc = await server.call("GET", f"/api/v1/jobs/{job['id']}")
+    assert doc["status"] == "pending"
+    # And once the queue resumes, the same long poll takes it
+    status, _ = await server.call("POST", "/api/v1/queues/wq/resume")
+    assert status == 200
+    assert [j["id"] for j in await asyncio.wait_for(parked, 5)] == [job["id"]]
+
+
+async def test_given_parked_claims_when_a_batch_arrives_then_each_takes_its_share_at_once(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = count_claims(server, monkeypatch)
+    waiting = [asyncio.ensure_future(claim(server, f"w{i}", limit=2)) for i in range(4)]
+    await settle(calls, 4)
+    await asyncio.sleep(0.1)
+    # When five jobs arrive in one batch
+    jobs = await enqueue(server, 5)
+    deadline = time.monotonic() + 5
+    while sum(t.done() for t in waiting) < 3 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)
+    # Then three claims served them (2 + 2 + 1), each job once, the fourth still waits, and
+    # only the three handed-over store claims were made
+    served = [t.result() for t in waiting if t.done()]
+    assert sorted(j["id"] for got in served for j in got) == sorted(j["id"] for j in jobs)
+    assert sorted(len(got) for got in served) == [1, 2, 2]
+    assert len(calls) == 4 + 3
+    for task in waiting:
+        task.cancel()
+    await asyncio.gather(*waiting, return_exceptions=True)

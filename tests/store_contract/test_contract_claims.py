@@ -363,3 +363,21 @@ async def test_given_pending_jobs_when_asking_next_run_at_then_the_earliest_pend
     # When b is paused, Then its pending job still counts (pausing changes claims, not the data)
     await store.set_queue("b", paused=True)
     assert await store.next_run_at(["a", "b"]) == now + 20
+
+
+async def test_given_a_job_due_when_created_then_next_run_at_waits_only_for_delayed_ones(store: Store) -> None:
+    # Given a job due at once and a delayed one in the same queue
+    now = models.now()
+    await put(store, "a", backoff=5)
+    await put(store, "a", run_at=now + 30)
+    # Then next_run_at names the delayed one: SQLite and PostgreSQL index only delayed jobs
+    # (another store may name the due one, which is earlier)
+    got = await store.next_run_at(["a"])
+    if type(store).__name__ in ("SQLiteStore", "PostgresStore"):
+        assert got == now + 30
+    else:
+        assert got is not None and got <= now + 30
+    # And a job put back with a backoff counts as delayed
+    retried = await fail(store, await take(store, "a"))
+    assert retried["status"] == models.PENDING and retried["run_at"] > now + 1
+    assert await store.next_run_at(["a"]) == retried["run_at"]

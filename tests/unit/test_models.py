@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tqueues import models
@@ -68,3 +70,21 @@ def test_method_names_are_checked_every_time_whatever_was_accepted_before(bad: o
     for _ in range(2):
         with pytest.raises(InvalidRequest):
             models.check_method(bad)
+
+
+def test_job_ids_are_unique_time_ordered_hex_and_not_shared_with_a_forked_child() -> None:
+    ids = [models.new_id() for _ in range(20_000)]
+    assert len(set(ids)) == len(ids)
+    assert ids == sorted(ids)
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    # A child forked with random bytes left in the parent's buffer draws fresh ones
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:   # pragma: no cover - the child
+        os.write(write, models.new_id()[16:].encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child_tail = os.read(read, 64).decode()
+    os.close(read)
+    os.close(write)
+    assert child_tail != models.new_id()[16:]

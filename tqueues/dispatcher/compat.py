@@ -20,7 +20,7 @@ from .app import app_state
 from .feeds import Feed, run_feed
 from .http import field, is_form, json_response, query_float, query_str, read_form_job, read_object
 from .auth import principal_of, require_lease, require_queue
-from .views import check_enqueue, claim_wait, single
+from .views import check_enqueue, claim_wait, enqueue_jobs, single
 
 
 def _queue(request: web.Request) -> str:
@@ -55,11 +55,10 @@ async def root_get(request: web.Request) -> web.Response:
 
 
 async def root_post(request: web.Request) -> web.Response:
-    store, _, _ = app_state(request)
     body = await read_form_job(request) if is_form(request) else await read_object(request)
     jobs, _ = models.parse_jobs(body, default_queue=query_str(request, "queue"))
     await check_enqueue(request, jobs)
-    ((job, _created),) = await store.enqueue(jobs)
+    ((job, _created),) = await enqueue_jobs(request, jobs)
     return json_response(models.public_job(job))
 
 

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Awaitable, Callable, Iterable
 
 from aiohttp import WSCloseCode, web
 
@@ -19,14 +19,24 @@ log = logging.getLogger("tqueues.dispatcher.feeds")
 
 
 class Waiter:
-    """A future woken by the hub; created before the check it guards, so no wake-up is lost."""
+    """A future woken by the hub; created before the check it guards, so no wake-up is lost.
 
-    __slots__ = ("future", "keys", "hub", "_table")
+    A parked claim (see views.claim_wait) also carries how to claim for it (``claim``, up to
+    ``limit`` jobs, for the client of ``request``): an enqueue may then *adopt* it, run that
+    claim in the same write as the new jobs, and hand the claimed jobs over through ``handoff``.
+    """
+
+    __slots__ = ("future", "keys", "hub", "_table", "claim", "limit", "request", "parked", "handoff")
 
     def __init__(self, hub: "Hub", table: dict[str, dict["Waiter", None]], keys: Iterable[str]) -> None:
         self.hub = hub
         self.keys = list(keys)
         self.future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.claim: Callable[[], Awaitable[list[dict[str, Any]]]] | None = None
+        self.limit = 0
+        self.request: web.Request | None = None
+        self.parked = False     # between its empty claim and the wake-up: free to be adopted
+        self.handoff: asyncio.Future[list[dict[str, Any]] | None] | None = None
         for key in self.keys:   # in order of arrival: the longest waiting is woken first
             table.setdefault(key, {})[self] = None
         self._table = table
@@ -176,14 +186,34 @@ class Hub:
         for queue in queues:
             self.wake_queue(queue, count, exclude)
 
+    def adopt(self, ready: dict[str, int]) -> list[Waiter]:
+        """Parked claims to serve from an enqueue of ``ready[queue]`` jobs due now, longest
+        waiting first, as many per queue as the new jobs can fill. Each is woken and given a
+        ``handoff`` future, which its claim's outcome resolves (see views.enqueue_jobs)."""
+        adopted: list[Waiter] = []
+        for queue, count in ready.items():
+            for waiter in list(self.queue_waiters.get(queue, ())):
+                if count <= 0:
+                    break
+                if (not waiter.parked or waiter.woken or waiter.claim is None or waiter.handoff is not None
+                        or (waiter.request is not None and client_gone(waiter.request))):
+                    continue
+                waiter.handoff = asyncio.get_running_loop().create_future()
+                waiter.wake()
+                adopted.append(waiter)
+                count -= waiter.limit
+        return adopted
+
     def dispatch(self, events: list[dict[str, Any]]) -> None:
         self.events_seen += len(events)
         ready: dict[str, int] = {}
-        for event in events:
+        taken = _taken_later(events)
+        for index, event in enumerate(events):
             kind = event["kind"]
             queue = event["queue"]
             if kind in models.READY_KINDS:
-                ready[queue] = ready.get(queue, 0) + 1
+                if index not in taken:
+                    ready[queue] = ready.get(queue, 0) + 1
             elif kind == models.EV_QUEUE:   # resumed, or changed: every claim looks again
                 ready[queue] = len(self.queue_waiters.get(queue, ()))
             job_id = event["job_id"]
@@ -215,6 +245,28 @@ class Hub:
                     self.dispatch(events)
             finally:
                 sub.close()
+
+
+def _taken_later(events: list[dict[str, Any]]) -> set[int]:
+    """Positions of the events that made a job ready which a later event of the same batch
+    shows started (a claim handed the job over in the same write): nobody needs waking for
+    those."""
+    taken: set[int] = set()
+    started: set[str] = set()
+    for index in range(len(events) - 1, -1, -1):
+        event = events[index]
+        kind = event["kind"]
+        if kind == models.EV_STARTED:
+            started.add(event["job_id"])
+        elif kind in models.READY_KINDS and event["job_id"] in started:
+            started.discard(event["job_id"])
+            taken.add(index)
+    return taken
+
+
+def client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 INITIAL = "job.initial"

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
+from typing import Any, Awaitable
 
 from aiohttp import web
 
@@ -15,7 +16,7 @@ from ..store import Outcome, Store
 from . import auth
 from .app import SETTINGS, STORE, app_state
 from .auth import principal_of, require_all_queues, require_lease, require_method, require_queue, require_queues
-from .feeds import Feed, Hub, run_feed
+from .feeds import Feed, Hub, client_gone, run_feed
 from .http import (batch, field, integer, json_response, leases, number, query_float, query_int, query_str,
                    read_json, read_object)
 from .openapi import OPENAPI
@@ -55,12 +56,23 @@ async def claim_wait(store: Store, hub: Hub, queues: list[str], worker: str, lim
     no job is left waiting, a claim passes the wake-up on to the next waiting claim whenever
     it may not have taken everything it was woken for: it was full, it was woken while it
     ran, it failed, or its client left.
+
+    While parked, an enqueue may adopt the claim (push dispatch): it runs the claim in the same
+    write as the new jobs and hands the jobs over, so they start without another transaction
+    (see enqueue_jobs). Once adopted, the claim always takes what it was handed, even past its
+    deadline: those jobs are leased to it.
     """
     deadline = time.monotonic() + wait
     retried: set[tuple[str, float]] = set()
     woken = False   # this claim follows a wake-up meant for someone who claims
+
+    def claim() -> Awaitable[list[dict[str, Any]]]:
+        return store.claim(queues, worker, limit, lease, lease_prefix)
+
     while True:
         with hub.wait_queues(queues) as waiter:
+            waiter.claim, waiter.limit, waiter.request = claim, limit, request
+
             def pass_on(still_wanted: bool) -> None:   # a job may wait for the next claim
                 if still_wanted:
                     hub.wake_queues(queues, 1, exclude=waiter)
@@ -69,7 +81,7 @@ async def claim_wait(store: Store, hub: Hub, queues: list[str], worker: str, lim
                 pass_on(woken or waiter.woken)
                 return []
             try:
-                jobs = await store.claim(queues, worker, limit, lease, lease_prefix)
+                jobs = await claim()
             except BaseException:
                 pass_on(woken or waiter.woken)
                 raise
@@ -94,12 +106,17 @@ async def claim_wait(store: Store, hub: Hub, queues: list[str], worker: str, lim
                     retried.add((queue, next_at))
                     timeout = 0.0
             if timeout > 0:
+                waiter.parked = True
                 woken = await waiter.wait(timeout)
+                waiter.parked = False
+                if waiter.handoff is not None:
+                    handed = await waiter.handoff
+                    if handed:
+                        # No pass-on: the enqueue adopted as many claims as its jobs fill,
+                        # and the hub wakes others for any it did not hand over.
+                        return handed
+                    woken = True   # the adopting claim found nothing (or failed): look again
 
-
-def client_gone(request: web.Request) -> bool:
-    transport = request.transport
-    return transport is None or transport.is_closing()
 
 
 def parse_error(value: Any) -> dict[str, Any]:
@@ -177,12 +194,44 @@ async def create_jobs(request: web.Request) -> web.Response:
     body = await read_json(request)
     jobs, batch = models.parse_jobs(body)
     await check_enqueue(request, jobs)
-    results = await store.enqueue(jobs)
+    results = await enqueue_jobs(request, jobs)
     created = any(was_created for _, was_created in results)
     status = 201 if created else 200
     if batch:
         return json_response({"jobs": [shown(job) for job, _ in results]}, status)
     return json_response(shown(results[0][0]), status)
+
+
+async def enqueue_jobs(request: web.Request, jobs: list[models.NewJob]) -> list[tuple[dict[str, Any], bool]]:
+    """Enqueue ``jobs``; claims parked on their queues are served in the same write (push
+    dispatch): each adopted claim is submitted right after the enqueue, in the same turn of
+    the loop, and stores that group writes (SQLite, PostgreSQL) commit them together, so the
+    worker gets its job without a wake-up, a second transaction or a second round trip.
+    Elsewhere the claim simply runs after the enqueue. A claim that finds nothing, or fails,
+    tells its waiter to look again by itself."""
+    store, _, hub = app_state(request)
+    now = models.now()
+    ready: dict[str, int] = {}
+    for job in jobs:
+        if job.run_at is None or job.run_at <= now:
+            ready[job.queue] = ready.get(job.queue, 0) + 1
+    adopted = hub.adopt(ready) if ready else []
+    if not adopted:
+        return await store.enqueue(jobs)
+    enqueued = asyncio.ensure_future(store.enqueue(jobs))
+    serving = [asyncio.ensure_future(_serve_adopted(waiter)) for waiter in adopted]
+    return await enqueued
+
+
+async def _serve_adopted(waiter: Any) -> None:
+    handoff, jobs = waiter.handoff, None
+    try:
+        jobs = await waiter.claim()
+    except Exception as exc:  # noqa: BLE001 - the waiter claims again by itself
+        log.warning("claim for a parked worker failed: %s", exc)
+    finally:
+        if not handoff.done():
+            handoff.set_result(jobs)
 
 
 async def check_enqueue(request: web.Request, jobs: list[models.NewJob]) -> None:

@@ -290,7 +290,12 @@ class Store(abc.ABC):
         return await self._requeue_expired(models.now())
 
     async def next_run_at(self, queues: Sequence[str]) -> float | None:
-        """The earliest ``run_at`` of a pending job in ``queues``, paused or not (None when none)."""
+        """The earliest ``run_at`` of a pending job in ``queues`` that was scheduled later than
+        its creation (delayed, or put back with a backoff), paused or not; None when none.
+
+        Jobs due when created may be left out (SQLite and PostgreSQL keep no index entry for
+        them): a claim takes them at once, and their ``job.created`` event wakes claims that
+        wait. A waiting claim needs this only to know when a delayed job becomes due."""
         return await self._next_run_at(list(queues))
 
     async def register_worker(self, info: dict[str, Any]) -> dict[str, Any]:

@@ -43,7 +43,7 @@ except ImportError:  # pragma: no cover - reported when the store is opened
 
 log = logging.getLogger("tqueues.store.postgres")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 EVENT_LOCK = 0x7471_7565_7565_73   # advisory lock that orders event seqs ("tqueues")
 MIGRATE_LOCK = EVENT_LOCK + 1
 CHANNEL = "tqueues_events"
@@ -150,6 +150,13 @@ MIGRATIONS: list[str] = [
         expires_at DOUBLE PRECISION,
         revoked_at DOUBLE PRECISION
     );
+    """,
+    # version 4: next_run_at reads an index of the delayed jobs only (one index less to write
+    # for every job due when created)
+    """
+    DROP INDEX IF EXISTS tqueues_jobs_next;
+    CREATE INDEX IF NOT EXISTS tqueues_jobs_delayed ON tqueues_jobs (queue, run_at)
+        WHERE status = 'pending' AND run_at > created_at;
     """,
 ]
 
@@ -819,7 +826,8 @@ class PostgresStore(Store):
     async def _next_run_at(self, queues: list[str]) -> float | None:
         async def read(conn: Any) -> float | None:
             return await conn.fetchval(
-                "SELECT MIN(m) FROM (SELECT (SELECT MIN(run_at) FROM tqueues_jobs WHERE status = 'pending' AND queue = q) AS m"
+                "SELECT MIN(m) FROM (SELECT (SELECT MIN(run_at) FROM tqueues_jobs"
+                " WHERE status = 'pending' AND run_at > created_at AND queue = q) AS m"
                 " FROM unnest($1::text[]) AS q) s", queues)
 
         return await self._read(read)

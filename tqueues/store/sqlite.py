@@ -76,7 +76,9 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_key ON jobs (key) WHERE key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (queue, priority DESC, run_at, seq) WHERE status = 'pending';
-CREATE INDEX IF NOT EXISTS jobs_next ON jobs (queue, run_at) WHERE status = 'pending';
+-- Only jobs scheduled later than their creation (delayed, or put back with a backoff): a job due
+-- when created costs no entry here, and next_run_at needs only the ones a claim must wait for.
+CREATE INDEX IF NOT EXISTS jobs_delayed ON jobs (queue, run_at) WHERE status = 'pending' AND run_at > created_at;
 CREATE INDEX IF NOT EXISTS jobs_leases ON jobs (lease_expires) WHERE status = 'started';
 CREATE INDEX IF NOT EXISTS jobs_queue_status ON jobs (queue, status);
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
@@ -188,6 +190,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE queues ADD COLUMN strict INTEGER NOT NULL DEFAULT 0")
     if "secrets" not in {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}:
         conn.execute("ALTER TABLE jobs ADD COLUMN secrets TEXT")
+    conn.execute("DROP INDEX IF EXISTS jobs_next")   # every pending job; jobs_delayed replaced it
     conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
 
 
@@ -839,7 +842,8 @@ class SQLiteStore(Store):
         def read(conn: sqlite3.Connection) -> float | None:
             best = None
             for name in queues:
-                (value,) = conn.execute("SELECT MIN(run_at) FROM jobs WHERE status = 'pending' AND queue = ?", (name,)).fetchone()
+                (value,) = conn.execute("SELECT MIN(run_at) FROM jobs INDEXED BY jobs_delayed"
+                                        " WHERE status = 'pending' AND run_at > created_at AND queue = ?", (name,)).fetchone()
                 if value is not None and (best is None or value < best):
                     best = value
             return best

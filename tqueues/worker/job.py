@@ -59,6 +59,8 @@ class Job:
         self.result: Any = None
         self.lost = False          # the lease was lost: aborted, re-leased or ended elsewhere
         self._inner: asyncio.Future[Any] | None = None
+        self._start_error: Exception | None = None
+        self._sink: capture.LogSink | None = None
         self._wake: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
@@ -79,26 +81,41 @@ class Job:
 
     # ------------------------------------------------------------------ running
 
-    async def run(self) -> Any:
-        """Run the registered function with a timeout; the result is kept in ``self.result``.
-
-        What the function prints and logs is captured as this attempt's log lines.
-        """
-        fn = self.worker.registry.resolve(self.method)
+    def start(self) -> None:
+        """Start the registered function (its own task; a plain function goes to a child process
+        or a thread) without waiting for it. ``run`` starts it if this was not called first, and
+        raises what starting raised (an unregistered method)."""
+        if self._inner is not None or self._start_error is not None:
+            return
+        try:
+            fn = self.worker.registry.resolve(self.method)
+        except Exception as exc:  # noqa: BLE001 - raised again by run(), which reports it
+            self._start_error = exc
+            return
         kwargs = dict(self.kwargs)
         pass_job = wants_job(fn)
-        sink = capture.LogSink(self.attempt, self.log_line)
-        with capture.capturing(sink):   # the tasks created below inherit the capture
+        self._sink = capture.LogSink(self.attempt, self.log_line)
+        with capture.capturing(self._sink):   # the task created below inherits the capture
             if is_async(fn):
                 if pass_job:
                     kwargs["tq_parent_job"] = self
                 self._inner = asyncio.ensure_future(fn(*self.args, **kwargs))
             else:
                 self._inner = asyncio.ensure_future(self.worker.run_plain(self, fn, kwargs, pass_job))
-            try:
-                return await self._wait()
-            finally:
-                sink.close()
+
+    async def run(self) -> Any:
+        """Run the registered function with a timeout; the result is kept in ``self.result``.
+
+        What the function prints and logs is captured as this attempt's log lines.
+        """
+        self.start()
+        if self._start_error is not None:
+            raise self._start_error
+        try:
+            return await self._wait()
+        finally:
+            if self._sink is not None:
+                self._sink.close()
 
     def log_line(self, line: dict[str, Any]) -> None:
         """Queue one captured line of this attempt for the dispatcher."""
@@ -144,6 +161,12 @@ class Job:
                 raise JobAborted("the job's lease was lost (aborted or re-leased); it was stopped") from None
             raise
         return self.result
+
+    def stop_if_cancelled(self, task: "asyncio.Future[Any]") -> None:
+        """Stop a function started for a task cancelled before it ran (a worker stopping at
+        once): nothing else would await or stop it."""
+        if task.cancelled() and self._inner is not None and not self._inner.done():
+            self._inner.cancel()
 
     def lose(self) -> None:
         """The dispatcher no longer holds this lease for us (aborted, re-leased): stop the

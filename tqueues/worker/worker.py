@@ -182,9 +182,20 @@ class Worker:
             self._lease_changed.set()
         return answer["jobs"]
 
-    async def _claim_guarded(self, limit: int) -> list[dict[str, Any]]:
-        """Claim, cancellable by stop(); connection errors back off instead of raising."""
-        self._claim_task = asyncio.ensure_future(self.claim(limit))
+    async def _claim_guarded(self, limit: int,
+                             take: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
+        """Claim, cancellable by stop(); connection errors back off instead of raising.
+
+        With ``take``, the claimed jobs are handed to it as soon as the answer is read, in the
+        claim's own task (their functions start a turn of the loop sooner), and [] is returned."""
+        async def claim_and_take() -> list[dict[str, Any]]:
+            docs = await self.claim(limit)
+            if take is None:
+                return docs
+            take(docs)
+            return []
+
+        self._claim_task = asyncio.ensure_future(claim_and_take())
         try:
             return await self._claim_task
         except asyncio.CancelledError:
@@ -228,14 +239,17 @@ class Worker:
                     self._slot_free.clear()
                     await self._slot_free.wait()
                     continue
-                for doc in await self._claim_guarded(want):
-                    job = Job(self, doc)
-                    self._hold(job)   # heartbeats and abort events reach it while it waits
-                    self._ready.append(job)
-                self._fill()
+                await self._claim_guarded(want, self._take)
             await self._drain()
         finally:
             await self.close()
+
+    def _take(self, docs: list[dict[str, Any]]) -> None:
+        for doc in docs:
+            job = Job(self, doc)
+            self._hold(job)   # heartbeats and abort events reach it while it waits
+            self._ready.append(job)
+        self._fill()
 
     def _fill(self) -> None:
         """Start buffered jobs in the free slots (never once stopping: those are released)."""
@@ -244,9 +258,11 @@ class Worker:
             if job.lost:   # aborted or re-leased while it waited
                 self._drop(job)
                 continue
+            job.start()   # now, not when its task first runs: the function starts a turn sooner
             task = asyncio.ensure_future(self._run_job(job))
             self._running.add(task)
             task.add_done_callback(self._job_done)
+            task.add_done_callback(job.stop_if_cancelled)
 
     async def _run_job(self, job: Job) -> None:
         async with job:

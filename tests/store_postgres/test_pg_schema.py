@@ -1,0 +1,49 @@
+"""The PostgreSQL schema: a database made by an older tqueues is migrated on open."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from tqueues import models
+from tqueues.store import open_store
+from tqueues.store.postgres import SCHEMA_VERSION
+
+
+@pytest.fixture
+def db_url(pg_url: str) -> str:
+    return pg_url
+
+
+async def index_names(url: str) -> set[str]:
+    conn = await asyncpg.connect(url)
+    try:
+        return {r["indexname"] for r in await conn.fetch("SELECT indexname FROM pg_indexes WHERE tablename = 'tqueues_jobs'")}
+    finally:
+        await conn.close()
+
+
+async def test_given_a_version_3_database_when_opened_then_it_is_migrated_to_the_delayed_jobs_index(db_url: str) -> None:
+    store = open_store(db_url)
+    await store.open()
+    await store.enqueue([models.NewJob(queue="q", method="m:f", run_at=models.now() + 60)])
+    await store.close()
+    # Given the schema as tqueues left it at version 3
+    conn = await asyncpg.connect(db_url)
+    await conn.execute("DROP INDEX tqueues_jobs_delayed")
+    await conn.execute("CREATE INDEX tqueues_jobs_next ON tqueues_jobs (queue, run_at) WHERE status = 'pending'")
+    await conn.execute("UPDATE tqueues_meta SET value = '3' WHERE key = 'schema_version'")
+    await conn.close()
+    # When this tqueues opens it
+    store = open_store(db_url)
+    await store.open()
+    try:
+        # Then it is at the current version, with the new index in place of the old one
+        names = await index_names(db_url)
+        assert "tqueues_jobs_next" not in names and "tqueues_jobs_delayed" in names
+        conn = await asyncpg.connect(db_url)
+        assert await conn.fetchval("SELECT value FROM tqueues_meta WHERE key = 'schema_version'") == str(SCHEMA_VERSION)
+        await conn.close()
+        assert await store.next_run_at(["q"]) is not None
+    finally:
+        await store.close()

@@ -1,0 +1,47 @@
+"""The SQLite file's schema: a file made by an older tqueues is brought up to date on open."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from tqueues import models
+from tqueues.store import open_store
+
+
+def indexes(path: Path) -> set[str]:
+    conn = sqlite3.connect(path)
+    try:
+        return {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    finally:
+        conn.close()
+
+
+async def test_given_a_file_with_the_old_index_of_every_pending_job_when_opened_then_only_delayed_jobs_are_indexed(
+        tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    store = open_store(f"sqlite:///{path}")
+    await store.open()
+    await store.enqueue([models.NewJob(queue="q", method="m:f"),
+                         models.NewJob(queue="q", method="m:f", run_at=models.now() + 60)])
+    await store.close()
+    # Given the index an older tqueues kept on every pending job
+    conn = sqlite3.connect(path)
+    conn.execute("DROP INDEX jobs_delayed")
+    conn.execute("CREATE INDEX jobs_next ON jobs (queue, run_at) WHERE status = 'pending'")
+    conn.commit()
+    conn.close()
+    # When this tqueues opens the file
+    store = open_store(f"sqlite:///{path}")
+    await store.open()
+    try:
+        # Then the old index is gone, the delayed-jobs index is there and answers next_run_at
+        assert "jobs_next" not in indexes(path) and "jobs_delayed" in indexes(path)
+        conn = sqlite3.connect(path)
+        (delayed,) = conn.execute("SELECT COUNT(*) FROM jobs INDEXED BY jobs_delayed"
+                                  " WHERE status = 'pending' AND run_at > created_at AND queue = 'q'").fetchone()
+        conn.close()
+        assert delayed == 1
+        assert await store.next_run_at(["q"]) is not None
+    finally:
+        await store.close()
