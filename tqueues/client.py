@@ -44,10 +44,17 @@ def job_spec(method: str | Callable[..., Any], args: Iterable[Any] = (), kwargs:
 
 
 class Client:
-    """Async HTTP client of one dispatcher; reuses keep-alive connections."""
+    """Async HTTP client of one dispatcher; reuses keep-alive connections.
+
+    ``enqueue`` goes over one websocket (``GET /api/v1/enqueue``), opened on first use and
+    shared by every task of the client: a frame each way instead of an HTTP request per job.
+    A dispatcher (or a proxy) that does not take the websocket is sent plain ``POST
+    /api/v1/jobs`` instead, as is everything when ``channel=False``.
+    """
 
     def __init__(self, endpoint_url: str = DEFAULT_URL, *, session: aiohttp.ClientSession | None = None,
-                 timeout: float = 30.0, token: str | None = None, cafile: str | None = None) -> None:
+                 timeout: float = 30.0, token: str | None = None, cafile: str | None = None,
+                 channel: bool = True) -> None:
         self.endpoint_url = endpoint_url.rstrip("/") + "/"
         self.timeout = timeout
         self._session = session
@@ -55,6 +62,7 @@ class Client:
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         # https with a private CA: verify against cafile (default: the system's CAs)
         self._ssl: ssl.SSLContext | bool = ssl.create_default_context(cafile=cafile) if cafile else True
+        self._channel: EnqueueChannel | None = EnqueueChannel(self) if channel else None
 
     def __repr__(self) -> str:
         # Never the token.
@@ -80,6 +88,8 @@ class Client:
         return self._session
 
     async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
         if self._session is not None and self._own_session and not self._session.closed:
             await self._session.close()
 
@@ -104,11 +114,7 @@ class Client:
         except ValueError:
             decoded = None
         if status >= 400:
-            error = decoded.get("error") if isinstance(decoded, dict) else None
-            if isinstance(error, dict):
-                raise ClientError(str(error.get("message")), status=status, code=str(error.get("code")),
-                                  **{k: v for k, v in error.items() if k not in ("message", "code")})
-            raise ClientError(f"{method} {url}: HTTP {status}", status=status, code="http_error")
+            raise error_from(status, decoded, f"{method} {url}")
         return decoded
 
     # ------------------------------------------------------------------ jobs
@@ -122,6 +128,10 @@ class Client:
         spec = job_spec(method, args, kwargs, queue=queue, priority=priority, delay=delay, run_at=run_at,
                         max_attempts=max_attempts, timeout=timeout, key=key, backoff=backoff,
                         data=dict(data) if data is not None else None)
+        if self._channel is not None:
+            answer = await self._channel.send({"job": spec}, self.timeout)
+            if answer is not None:
+                return answer["job"]
         return await self.request("POST", "api/v1/jobs", json=spec)
 
     async def enqueue_many(self, jobs: Iterable[Mapping[str, Any]], *, chunk: int = 5000) -> list[dict[str, Any]]:
@@ -258,6 +268,129 @@ class Client:
                 return int(response.headers.get("X-Last-Seq", "0"))
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise ClientError(f"GET {url}: {exc}", status=0, code="unreachable") from None
+
+
+def error_from(status: int, decoded: Any, what: str) -> ClientError:
+    """The ClientError for a dispatcher's error answer (its JSON error body, when it has one)."""
+    error = decoded.get("error") if isinstance(decoded, dict) else None
+    if isinstance(error, dict):
+        return ClientError(str(error.get("message")), status=status, code=str(error.get("code")),
+                           **{k: v for k, v in error.items() if k not in ("message", "code")})
+    return ClientError(f"{what}: HTTP {status}", status=status, code="http_error")
+
+
+class _Socket:
+    """One open enqueue websocket and the answers still awaited on it, by ref."""
+
+    __slots__ = ("ws", "waiting", "reader")
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.reader: asyncio.Task[None] | None = None
+
+
+class EnqueueChannel:
+    """A client's websocket to ``GET /api/v1/enqueue``: many enqueues in flight at once,
+    each answer matched to its message by ``ref``.
+
+    Opened on first use and again after it closed. If the connection is lost, the enqueues
+    still awaiting an answer fail with ClientError ``unreachable`` (as an HTTP request cut
+    in flight would: send an idempotency ``key`` to retry them safely). A dispatcher that
+    refuses the websocket is asked over HTTP instead (``send`` answers None): for this one
+    call when the refusal may pass (401, 403, 429, 5xx), for good when it has no such route.
+    """
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self._socket: _Socket | None = None
+        self._opening = asyncio.Lock()
+        self._refs = 0
+        self.unavailable = False
+
+    async def close(self) -> None:
+        socket, self._socket = self._socket, None
+        if socket is not None:
+            await socket.ws.close()
+            if socket.reader is not None:
+                await asyncio.gather(socket.reader, return_exceptions=True)
+
+    async def send(self, body: dict[str, Any], timeout: float) -> dict[str, Any] | None:
+        """The dispatcher's answer to one message (a 2xx), ClientError for an error answer, or
+        None when the websocket is not available and the caller should use HTTP."""
+        socket = self._socket
+        if socket is None or socket.ws.closed:
+            if self.unavailable:
+                return None
+            socket = await self._open()
+            if socket is None:
+                return None
+        loop = asyncio.get_running_loop()
+        self._refs += 1
+        ref = self._refs
+        future: asyncio.Future[dict[str, Any]] = loop.create_future()
+        socket.waiting[ref] = future
+        expiry = loop.call_later(timeout, _expire, future, timeout)
+        try:
+            await socket.ws.send_str(models.dumps_str({"ref": ref, **body}))
+            answer = await future
+        except (aiohttp.ClientError, ConnectionError, RuntimeError) as exc:
+            raise ClientError(f"enqueue websocket: {exc}", status=0, code="unreachable") from None
+        finally:
+            expiry.cancel()
+            socket.waiting.pop(ref, None)
+        status = answer.get("status")
+        if not isinstance(status, int) or status >= 400:
+            error = error_from(status if isinstance(status, int) else 502, answer, "enqueue websocket")
+            error.retry_after = answer.get("retry_after")   # type: ignore[attr-defined]
+            raise error
+        return answer
+
+    async def _open(self) -> _Socket | None:
+        async with self._opening:
+            if self._socket is not None and not self._socket.ws.closed:
+                return self._socket
+            client = self._client
+            try:
+                ws = await client.session.ws_connect(
+                    client.endpoint_url + "api/v1/enqueue", headers=client.headers, max_msg_size=0,
+                    heartbeat=30.0)
+            except aiohttp.WSServerHandshakeError as exc:
+                if exc.status in (400, 404, 405, 501):   # a dispatcher (or proxy) without the route
+                    self.unavailable = True
+                return None
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+                return None   # HTTP says what is wrong (unreachable, TLS, ...)
+            socket = self._socket = _Socket(ws)
+            socket.reader = asyncio.ensure_future(self._read(socket))
+            return socket
+
+    async def _read(self, socket: _Socket) -> None:
+        try:
+            async for message in socket.ws:
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                try:
+                    answer = models.loads(message.data)
+                except ValueError:
+                    continue
+                future = socket.waiting.pop(answer.get("ref"), None) if isinstance(answer, dict) else None
+                if future is not None and not future.done():
+                    future.set_result(answer)
+        finally:
+            if self._socket is socket:
+                self._socket = None
+            lost = ClientError("enqueue websocket: the connection closed before the answer", status=0,
+                               code="unreachable")
+            for future in socket.waiting.values():
+                if not future.done():
+                    future.set_exception(lost)
+            socket.waiting.clear()
+
+
+def _expire(future: asyncio.Future[Any], timeout: float) -> None:
+    if not future.done():
+        future.set_exception(ClientError(f"enqueue: no answer within {timeout} s", status=0, code="timeout"))
 
 
 TRANSIENT = (502, 503, 504)

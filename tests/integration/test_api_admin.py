@@ -8,7 +8,7 @@ from typing import Any, Awaitable, Callable, Iterator
 from support.server import Server
 
 from tqueues import models
-from tqueues.dispatcher import views
+from tqueues.dispatcher import channel, views
 
 METHOD = "support.jobs:echo"
 
@@ -138,7 +138,7 @@ async def test_given_a_dispatcher_when_the_openapi_document_is_fetched_then_it_d
     assert doc["info"]["title"] and doc["info"]["version"]
     # And every /api/v1 route of the dispatcher is described, with responses
     documented = {(method.upper(), path) for path, ops in doc["paths"].items() for method in ops}
-    routes = {(method, path) for method, path, _ in views.ROUTES}
+    routes = {(method, path) for method, path, _ in (*views.ROUTES, *channel.ROUTES)}
     assert routes - documented == set(), "routes missing from openapi.json"
     assert documented - routes == set(), "openapi.json describes routes that do not exist"
     for path, ops in doc["paths"].items():

@@ -19,7 +19,7 @@ import pytest
 from support.server import Server
 from yarl import URL
 
-from tqueues.dispatcher import compat, views
+from tqueues.dispatcher import channel, compat, views
 
 METHOD = "support.jobs:echo"
 UNKNOWN = "f" * 32
@@ -482,9 +482,12 @@ case(R, "no queue", 400, path="/ws", headers=WS_HEADERS)
 case(R, "bad queue name", 400, path="/ws?queue=bad%20q", headers=WS_HEADERS)
 case(R, "not a websocket request", 400, path="/ws?queue=foo", code=ANY_CODE)
 
+R = "GET /api/v1/enqueue"   # its messages' own malformed cases: test_enqueue_channel.py
+case(R, "not a websocket request", 400)
+
 # ---------------------------------------------------------------------------- wrong methods, unknown paths
 
-ALL_ROUTES = [(m, p) for m, p, _ in (*views.ROUTES, *compat.ROUTES)]
+ALL_ROUTES = [(m, p) for m, p, _ in (*views.ROUTES, *compat.ROUTES, *channel.ROUTES)]
 for template in dict.fromkeys(p for _, p in ALL_ROUTES):
     allowed = {m for m, p in ALL_ROUTES if p == template}
     wrong = next(m for m in ("DELETE", "PUT", "PATCH", "POST", "GET", "OPTIONS") if m not in allowed)

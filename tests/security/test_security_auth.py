@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from support.server import Server
 
-from tqueues.dispatcher import auth, compat, views
+from tqueues.dispatcher import auth, channel, compat, views
 
 Start = Callable[..., Awaitable[Server]]
 
@@ -57,7 +57,7 @@ def bearer(value: str) -> dict[str, str]:
 
 
 def all_routes() -> list[tuple[str, str]]:
-    return [(m, p) for m, p, _ in (*views.ROUTES, *compat.ROUTES)]
+    return [(m, p) for m, p, _ in (*views.ROUTES, *compat.ROUTES, *channel.ROUTES)]
 
 
 def concrete(path: str) -> str:

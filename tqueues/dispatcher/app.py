@@ -52,22 +52,32 @@ LIMITER: web.AppKey[auth.RateLimiter] = web.AppKey("limiter", auth.RateLimiter)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def error_answer(exc: TQueuesError) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """The status, JSON body and headers that answer a tqueues error (HTTP and websocket
+    channels alike): 503 + Retry-After while the store is away, 429 + Retry-After past a
+    rate limit, 401 with a Bearer challenge, else the error's own 4xx."""
+    headers: dict[str, str] = {}
+    if isinstance(exc, StoreUnavailable):
+        status, headers = 503, {"Retry-After": "1"}
+    elif isinstance(exc, auth.RateLimited):
+        status, headers = 429, {"Retry-After": auth.retry_after_header(exc)}
+    elif isinstance(exc, auth.Unauthorized):
+        status, headers = 401, {"WWW-Authenticate": 'Bearer realm="tqueues"'}
+    else:
+        status = exc.status if 400 <= exc.status < 600 else 500
+    # exc.to_json(), not error_response(..., **details): a detail named like one of its
+    # parameters (Conflict(status=<job status>) from abort) would collide and escape as a 500.
+    return status, exc.to_json(), headers
+
+
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error leaves as ``{"error": {"code", "message"}}``; nothing escapes as a 500 page."""
     try:
         return await handler(request)
-    except StoreUnavailable as exc:
-        return error_response(503, exc.code, exc.message, headers={"Retry-After": "1"})
-    except auth.RateLimited as exc:
-        return error_response(429, exc.code, exc.message, headers={"Retry-After": auth.retry_after_header(exc)})
-    except auth.Unauthorized as exc:
-        return error_response(401, exc.code, exc.message, headers={"WWW-Authenticate": 'Bearer realm="tqueues"'})
     except TQueuesError as exc:
-        # Not error_response(..., **details): a detail named like one of its parameters
-        # (Conflict(status=<job status>) from abort) would collide and escape as a 500.
-        status = exc.status if 400 <= exc.status < 600 else 500
-        return json_response(exc.to_json(), status)
+        status, body, headers = error_answer(exc)
+        return json_response(body, status, headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -193,7 +203,7 @@ async def _reap(app: web.Application) -> None:
 
 def create_app(store: Store, settings: Settings | None = None) -> web.Application:
     """The dispatcher as an aiohttp application serving ``store``."""
-    from . import compat, views
+    from . import channel, compat, views
 
     settings = settings or Settings()
     app = web.Application(middlewares=[cors_middleware, errors_middleware, auth_middleware],
@@ -211,7 +221,7 @@ def create_app(store: Store, settings: Settings | None = None) -> web.Applicatio
     app[HUB].observers.append(app[views.STRICT_QUEUES].observe)
     app.cleanup_ctx.append(_hub_ctx)
     app.on_shutdown.append(_shutdown)
-    for method, path, handler in (*compat.ROUTES, *views.ROUTES, *ui.ROUTES):
+    for method, path, handler in (*compat.ROUTES, *views.ROUTES, *channel.ROUTES, *ui.ROUTES):
         app.router.add_route(method, path, handler)
     return app
 

@@ -264,6 +264,7 @@ def bearer(headers: Any, query: Any, websocket: bool) -> str | None:
 # Which scopes open each route; handlers check queues and jobs on top. None: open to all.
 ROUTE_SCOPES: dict[tuple[str, str], tuple[str, ...] | None] = {
     ("POST", "/api/v1/jobs"): ("submit",),
+    ("GET", "/api/v1/enqueue"): ("submit",),
     ("GET", "/api/v1/jobs"): ("read", "submit"),
     ("GET", "/api/v1/jobs/{id}"): ("read", "submit", "work"),
     ("PATCH", "/api/v1/jobs/{id}"): ("work",),

@@ -130,6 +130,11 @@ OPENAPI: dict[str, Any] = {
                                               _q("kind", description="comma-separated kinds"),
                                               _q("limit", "integer"), _q("wait", "number")],
                                       ok={"type": "array", "items": {"$ref": "#/components/schemas/Event"}})},
+        "/api/v1/enqueue": {"get": _op(
+            "Upgrade to a websocket that enqueues: each text message {\"ref\": R, \"job\": {...}} or"
+            " {\"ref\": R, \"jobs\": [...]} is answered by {\"ref\": R, \"status\": 201, \"job\" or \"jobs\": ...}"
+            " or {\"ref\": R, \"status\": 4xx, \"error\": {...}}, as POST /api/v1/jobs would answer; answers may"
+            " come back in any order", errors=(400, 401, 403))},
         "/api/v1/openapi.json": {"get": _op("This OpenAPI document", errors=())},
         "/api/v1/workers/{id}/stop": {"post": _op("Ask a worker to drain and exit", params=[ID], errors=(400, 404))},
         "/api/v1/stats": {"get": _op("Counts per status, recent outcomes and throughput, live workers",
