@@ -236,9 +236,11 @@ PEERS: list[Peer] = [
     Peer("tqueues-sqlite", "tqueues (this repository)", "sqlite",
          "dispatcher on SQLite (WAL) + 2 × `tqueues_worker --concurrency 16 --prefetch 128` (coroutine job on the "
          "worker loop; the prefetch docs/workers.md recommends for jobs of a few milliseconds); "
-         "producer → dispatcher → workers over HTTP", has_batch=True, tqueues=True),
+         "producer → dispatcher → workers over real connections: `Client.enqueue` over its enqueue websocket "
+         "(the client's default), batches and claims over HTTP", has_batch=True, tqueues=True),
     Peer("tqueues-postgres", "tqueues (this repository)", "postgres",
-         "dispatcher on PostgreSQL (`--pool-size 10`) + 2 × `tqueues_worker --concurrency 16 --prefetch 128`; over HTTP",
+         "dispatcher on PostgreSQL (`--pool-size 10`) + 2 × `tqueues_worker --concurrency 16 --prefetch 128`; "
+         "connections as above",
          has_batch=True, tqueues=True),
     Peer("celery", "celery[redis]", "redis",
          "`celery worker -P prefork -c 2 --prefetch-multiplier 64 --without-gossip --without-mingle "

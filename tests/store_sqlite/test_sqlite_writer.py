@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tqueues import models
+from tqueues.errors import JobNotFound
 from tqueues.store import Outcome
 from tqueues.store import sqlite as sqlite_store
 
@@ -38,9 +39,9 @@ async def test_given_an_idle_store_then_a_single_enqueue_runs_without_the_writer
     groups: list[int] = []
     original = sqlite_store._Writer._run_group
 
-    def watched(self, batch, begun=False):
+    def watched(self, batch, begun=False, **kwargs):
         groups.append(len(batch) if not begun else -len(batch))
-        return original(self, batch, begun)
+        return original(self, batch, begun, **kwargs)
 
     monkeypatch.setattr(sqlite_store._Writer, "_run_group", watched)
     # When one job is enqueued on an idle store
@@ -55,9 +56,9 @@ async def test_given_concurrent_enqueues_then_they_share_commits(store, monkeypa
     groups: list[int] = []
     original = sqlite_store._Writer._run_group
 
-    def watched(self, batch, begun=False):
+    def watched(self, batch, begun=False, **kwargs):
         groups.append(len(batch))
-        return original(self, batch, begun)
+        return original(self, batch, begun, **kwargs)
 
     monkeypatch.setattr(sqlite_store._Writer, "_run_group", watched)
     # When 200 enqueues are made at once
@@ -120,3 +121,50 @@ async def test_given_a_growing_wal_then_the_checkpointer_copies_it_back(store, t
     assert os.path.exists(wal)
     writer_conn = store._writer.conn
     assert writer_conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+
+
+async def test_given_a_failing_operation_in_a_group_then_only_it_fails_and_the_group_reruns_with_savepoints(
+        store, monkeypatch) -> None:
+    attempts: list[tuple[int, bool]] = []
+    original = sqlite_store._Writer._attempt_group
+
+    def watched(self, batch, begun, savepoints):
+        attempts.append((len(batch), savepoints))
+        return original(self, batch, begun, savepoints)
+
+    monkeypatch.setattr(sqlite_store._Writer, "_attempt_group", watched)
+    before = await store.last_seq()
+    # When five enqueues and an operation that writes, then fails, are submitted together (one
+    # group, first tried on the loop without savepoints)
+    def half_done(tx) -> None:
+        tx.conn.execute("INSERT INTO queues (name, paused, created_at, updated_at) VALUES ('half', 0, 0, 0)")
+        raise JobNotFound("no job has id 'x'", id="x")
+
+    outcomes = await asyncio.gather(*(store.enqueue([models.NewJob(queue="g", method="m:f", args=[i])])
+                                      for i in range(5)),
+                                    store._write(half_done, inline=True), return_exceptions=True)
+    # Then the group ran once without savepoints, was rolled back, and ran again with them
+    assert attempts == [(6, False), (6, True)]
+    # And that operation alone failed, leaving nothing behind
+    assert isinstance(outcomes[-1], JobNotFound)
+    assert "half" not in {q["name"] for q in await store.queues()}
+    jobs = [result[0][0] for result in outcomes[:5]]
+    for job in jobs:
+        assert (await store.get(job["id"]))["status"] == "pending"
+    # And each enqueue has exactly one event, numbered without a gap
+    events = await store.events_since(before)
+    assert [e["job_id"] for e in events] == [j["id"] for j in jobs]
+    assert [e["seq"] for e in events] == list(range(before + 1, before + 6))
+    # And the next group runs without savepoints again
+    attempts.clear()
+    await asyncio.gather(*(store.enqueue([models.NewJob(queue="g", method="m:f")]) for _ in range(3)))
+    assert attempts == [(3, False)]
+
+
+async def test_given_a_single_failing_operation_then_it_fails_alone_and_nothing_of_it_is_kept(store) -> None:
+    before = await store.last_seq()
+    with pytest.raises(JobNotFound):
+        await store.abort("no-such-job")
+    assert await store.last_seq() == before
+    job = await put(store)
+    assert (await store.get(job["id"]))["status"] == "pending"

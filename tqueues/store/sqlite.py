@@ -216,14 +216,19 @@ class _Op:
 class _Tx:
     """What a write operation sees: the connection, and a list to append its events to."""
 
-    __slots__ = ("conn", "events")
+    __slots__ = ("conn", "events", "after_commit")
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         self.events: list[Event] = []
+        self.after_commit: list[Callable[[], None]] = []   # run once the transaction committed
 
     def emit(self, kind: str, job: dict[str, Any]) -> None:
         self.events.append((kind, job.get("queue"), job.get("id"), job))
+
+
+class _OperationFailed(Exception):
+    """An operation of a group run without savepoints raised: the group runs again with them."""
 
 
 class _Writer(threading.Thread):
@@ -236,6 +241,7 @@ class _Writer(threading.Thread):
         self.ops: _queue.SimpleQueue[_Op | None] = _queue.SimpleQueue()
         self.conn: sqlite3.Connection = _connect(path)
         self.lock = threading.Lock()   # held while a group runs, on this thread or inline
+        self.failed_recently = False   # the last group of several had an operation fail
 
     def run(self) -> None:
         try:
@@ -277,32 +283,66 @@ class _Writer(threading.Thread):
                 return None   # another process holds the write lock: the thread waits for it
             finally:
                 conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            return self._run_group(ops, begun=True)
+            try:
+                return self._run_group(ops, begun=True, retry_inline=False)
+            except _OperationFailed:
+                return None   # rolled back: the thread runs the group again, with savepoints
         finally:
             self.lock.release()
 
-    def _run_group(self, batch: list[_Op], begun: bool = False) -> tuple[list[tuple[_Op, bool, Any]], list[dict[str, Any]]]:
+    def _run_group(self, batch: list[_Op], begun: bool = False, retry_inline: bool = True
+                   ) -> tuple[list[tuple[_Op, bool, Any]], list[dict[str, Any]]]:
+        """One transaction for ``batch``. An operation alone, or in a group while none failed
+        lately, runs without a savepoint (two statements fewer each); if one of several then
+        raises, the transaction is rolled back and the group runs again with a savepoint per
+        operation, so only that one fails (``retry_inline=False``: raise _OperationFailed
+        instead, after the rollback, for the caller to hand the group to the thread)."""
+        savepoints = len(batch) > 1 and self.failed_recently
+        try:
+            done = self._attempt_group(batch, begun, savepoints)
+            if len(batch) > 1:
+                self.failed_recently = False
+            return done
+        except _OperationFailed as failed:
+            if len(batch) == 1:
+                return [(batch[0], False, failed.args[0])], []
+            self.failed_recently = True
+            if not retry_inline:
+                raise
+            return self._attempt_group(batch, False, True)
+
+    def _attempt_group(self, batch: list[_Op], begun: bool, savepoints: bool
+                       ) -> tuple[list[tuple[_Op, bool, Any]], list[dict[str, Any]]]:
         conn = self.conn
         results: list[tuple[_Op, bool, Any]] = []
         events: list[Event] = []
+        committed: list[Callable[[], None]] = []
         try:
             if not begun:
                 conn.execute("BEGIN IMMEDIATE")
             for op in batch:
                 tx = _Tx(conn)
-                conn.execute("SAVEPOINT op")
+                if savepoints:
+                    conn.execute("SAVEPOINT op")
                 try:
                     value = op.fn(tx)
                 except BaseException as exc:  # noqa: BLE001 - reported to the caller
+                    if not savepoints:
+                        conn.execute("ROLLBACK")
+                        raise _OperationFailed(exc) from None
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
                     results.append((op, False, exc))
                 else:
-                    conn.execute("RELEASE op")
+                    if savepoints:
+                        conn.execute("RELEASE op")
                     results.append((op, True, value))
                     events.extend(tx.events)
+                    committed.extend(tx.after_commit)
             published = self._insert_events(conn, events)
             conn.execute("COMMIT")
+            for hook in committed:
+                hook()
         except sqlite3.Error as exc:
             log.exception("sqlite transaction failed")
             try:
@@ -371,6 +411,7 @@ class SQLiteStore(Store):
         self._checkpointer: _Checkpointer | None = None
         self._queued = 0   # operations handed to the writer thread and not yet delivered
         self._inline: list[_Op] = []   # small operations of this turn of the loop
+        self._queues_known: set[str] = set()
         self._readers: ThreadPoolExecutor | None = None
         self._local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
@@ -463,7 +504,14 @@ class SQLiteStore(Store):
                     op.future.set_exception(StoreUnavailable("the store is closed"))
             return
         if self._queued == 0 and len(ops) <= INLINE_OPS:
-            done = writer.try_inline(ops)
+            try:
+                done = writer.try_inline(ops)
+            except Exception as exc:  # noqa: BLE001 - no write may be left waiting forever
+                log.exception("sqlite write failed")
+                for op in ops:
+                    if not op.future.done():
+                        op.future.set_exception(StoreUnavailable(f"sqlite write failed: {exc}"))
+                return
             if done is not None:
                 self._resolve(*done)
                 return
@@ -506,10 +554,15 @@ class SQLiteStore(Store):
             raise JobNotFound(f"no job has id {job_id!r}", id=job_id)
         return job
 
-    @staticmethod
-    def _ensure_queues(conn: sqlite3.Connection, names: set[str], now: float) -> None:
-        conn.executemany("INSERT OR IGNORE INTO queues (name, paused, created_at, updated_at) VALUES (?, 0, ?, ?)",
-                         [(n, now, now) for n in names])
+    def _ensure_queues(self, tx: _Tx, names: set[str], now: float) -> None:
+        """Queue rows for ``names``; the names known to exist (queues are never deleted) are
+        remembered once committed, so an enqueue to a known queue writes nothing for it."""
+        missing = names - self._queues_known
+        if not missing:
+            return
+        tx.conn.executemany("INSERT OR IGNORE INTO queues (name, paused, created_at, updated_at) VALUES (?, 0, ?, ?)",
+                            [(n, now, now) for n in missing])
+        tx.after_commit.append(lambda: self._queues_known.update(missing))
 
     @staticmethod
     def _update_job(conn: sqlite3.Connection, job_id: str, where: str, params: Sequence[Any],
@@ -541,7 +594,7 @@ class SQLiteStore(Store):
                 rows.append(job_row(doc))
                 out[index] = (doc, True)
                 tx.emit(models.EV_CREATED, doc)
-            self._ensure_queues(conn, {spec.queue for spec in jobs}, now)
+            self._ensure_queues(tx, {spec.queue for spec in jobs}, now)
             marks = ", ".join("?" * len(JOB_KEYS))
             conn.executemany(f"INSERT INTO jobs ({COLS}) VALUES ({marks})", rows)
             return out  # type: ignore[return-value]
@@ -918,7 +971,7 @@ class SQLiteStore(Store):
 
     async def _set_queue(self, name: str, settings: dict[str, bool], now: float) -> dict[str, Any]:
         def op(tx: _Tx) -> dict[str, Any]:
-            self._ensure_queues(tx.conn, {name}, now)
+            self._ensure_queues(tx, {name}, now)
             for column, value in settings.items():   # column names come from the contract, not the caller
                 tx.conn.execute(f"UPDATE queues SET {column} = ?, updated_at = ? WHERE name = ?", (int(value), now, name))
             paused, strict = tx.conn.execute("SELECT paused, strict FROM queues WHERE name = ?", (name,)).fetchone()
