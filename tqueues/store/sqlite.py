@@ -241,6 +241,11 @@ class _Writer(threading.Thread):
         self.ops: _queue.SimpleQueue[_Op | None] = _queue.SimpleQueue()
         self.conn: sqlite3.Connection = _connect(path)
         self.lock = threading.Lock()   # held while a group runs, on this thread or inline
+        # The connection's busy timeout: 0 while groups run inline (their BEGIN must not wait for
+        # another process), BUSY_TIMEOUT_MS on the thread (which may wait). Changed only when
+        # the other kind of group comes, not twice per group. Once BEGIN IMMEDIATE holds the
+        # write lock, nothing else in a WAL transaction waits for a lock.
+        self.busy_timeout = BUSY_TIMEOUT_MS
         self.failed_recently = False   # the last group of several had an operation fail
 
     def run(self) -> None:
@@ -275,20 +280,22 @@ class _Writer(threading.Thread):
         if not self.lock.acquire(blocking=False):
             return None
         try:
-            conn = self.conn
-            conn.execute("PRAGMA busy_timeout=0")
+            self.set_busy_timeout(0)
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                self.conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error:
                 return None   # another process holds the write lock: the thread waits for it
-            finally:
-                conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             try:
                 return self._run_group(ops, begun=True, retry_inline=False)
             except _OperationFailed:
                 return None   # rolled back: the thread runs the group again, with savepoints
         finally:
             self.lock.release()
+
+    def set_busy_timeout(self, milliseconds: int) -> None:
+        if self.busy_timeout != milliseconds:
+            self.conn.execute(f"PRAGMA busy_timeout={milliseconds}")
+            self.busy_timeout = milliseconds
 
     def _run_group(self, batch: list[_Op], begun: bool = False, retry_inline: bool = True
                    ) -> tuple[list[tuple[_Op, bool, Any]], list[dict[str, Any]]]:
@@ -319,6 +326,7 @@ class _Writer(threading.Thread):
         committed: list[Callable[[], None]] = []
         try:
             if not begun:
+                self.set_busy_timeout(BUSY_TIMEOUT_MS)
                 conn.execute("BEGIN IMMEDIATE")
             for op in batch:
                 tx = _Tx(conn)
