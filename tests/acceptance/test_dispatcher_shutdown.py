@@ -12,13 +12,14 @@ from acceptance.conftest import Cluster
 
 async def test_given_open_websockets_and_long_polls_when_the_dispatcher_gets_sigterm_then_it_exits_promptly(
         cluster: Cluster) -> None:
-    # Given a dispatcher with a websocket subscriber, a claim long-polling for 30 s and a
-    # job being waited on for 30 s
+    # Given a dispatcher with a websocket subscriber, a producer's open enqueue websocket, a
+    # claim long-polling for 30 s and a job being waited on for 30 s
     url = cluster.start_dispatcher()
     async with aiohttp.ClientSession() as session:
         ws = await session.ws_connect(url + "api/v1/events")
-        async with session.post(url + "api/v1/jobs", json={"queue": "idle", "method": "m:f"}) as response:
-            job = await response.json()
+        producer = await session.ws_connect(url + "api/v1/enqueue")
+        await producer.send_json({"ref": 1, "job": {"queue": "idle", "method": "m:f"}})
+        job = (await producer.receive_json(timeout=5))["job"]
         claim = asyncio.ensure_future(session.post(url + "api/v1/claim",
                                                    json={"queues": ["empty"], "worker": "w", "wait": 30}))
         wait = asyncio.ensure_future(session.get(url + f"api/v1/jobs/{job['id']}?wait=30"))
@@ -42,6 +43,8 @@ async def test_given_open_websockets_and_long_polls_when_the_dispatcher_gets_sig
         # (read after the process is gone: the close frame is in the buffer; the client's own
         # close reply then fails, so ws.close_code would say 1006)
         assert message.type == aiohttp.WSMsgType.CLOSE and message.data == 1001, message
+        closing = await producer.receive(timeout=5)
+        assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == 1001, closing
         claimed = await claim
         assert claimed.status == 200 and (await claimed.json())["jobs"] == []
         waited = await wait

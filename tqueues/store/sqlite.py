@@ -3,10 +3,11 @@
 Design
     * WAL journal, ``synchronous=NORMAL``: readers never block the writer.
     * One writer thread owns the only writing connection. Coroutines hand it operations;
-      it takes every operation waiting, runs them inside ONE transaction (each in its own
-      savepoint, so one failing operation rolls back alone), commits once and then resolves
-      all their futures (group commit). Throughput grows with concurrency instead of
-      collapsing into one fsync per request.
+      it takes every operation waiting, runs them inside ONE transaction, commits once and
+      then resolves all their futures (group commit). Throughput grows with concurrency
+      instead of collapsing into one fsync per request. Operations run without savepoints;
+      when one of a group raises, the transaction is rolled back and the group runs again
+      with a savepoint per operation, so the failing one rolls back alone.
     * Because a single thread writes, a claim is one ``UPDATE … RETURNING`` over the best
       ready rows: no select-then-update race exists.
     * Events are inserted in the transaction of the change; their ``seq`` continues from the
