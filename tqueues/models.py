@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-import re
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass, field

@@ -155,12 +155,19 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     scopes = auth.ROUTE_SCOPES.get(key, auth.SCOPES)
     if scopes is None:
         return await handler(request)
-    principal = await request.app[AUTH].authenticate(auth.bearer(request.headers, request.query, websocket))
+    await admit(request, auth.bearer(request.headers, request.query, websocket), scopes)
+    return await handler(request)
+
+
+async def admit(request: web.Request, token: str | None, scopes: tuple[str, ...]) -> None:
+    """Authenticate ``token``, require one of ``scopes``, count one request against the rate
+    limit and record the principal on ``request`` (each message of the enqueue websocket is
+    admitted this way too)."""
+    principal = await request.app[AUTH].authenticate(token)
     if not principal.has(*scopes):
         raise auth.Forbidden(f"this token lacks the {' or '.join(scopes)} scope")
     request.app[LIMITER].check(principal.id if principal.kind != "anonymous" else f"addr:{request.remote}")
     request[auth.PRINCIPAL] = principal
-    return await handler(request)
 
 
 async def _hub_ctx(app: web.Application) -> AsyncIterator[None]:

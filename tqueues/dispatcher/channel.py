@@ -30,7 +30,7 @@ from aiohttp import WSMsgType, web
 from .. import models
 from ..errors import InvalidRequest, TQueuesError
 from . import auth
-from .app import AUTH, LIMITER, app_state, error_answer
+from .app import admit, app_state, error_answer
 from .views import check_enqueue, enqueue_jobs
 
 log = logging.getLogger("tqueues.dispatcher.channel")
@@ -102,7 +102,7 @@ async def handle(request: web.Request, token: str | None, data: Any) -> dict[str
             raise InvalidRequest(f"ref: an integer or a string of at most {MAX_REF} characters", field="ref")
         if ("job" in message) == ("jobs" in message):
             raise InvalidRequest('the message needs "job" (one job object) or "jobs" (a list of them), not both')
-        await authorise(request, token)
+        await admit(request, token, SCOPES)   # as for one POST /api/v1/jobs
         body = message["job"] if "job" in message else {"jobs": message["jobs"]}
         jobs, batch = models.parse_jobs(body)
         await check_enqueue(request, jobs)
@@ -121,15 +121,6 @@ async def handle(request: web.Request, token: str | None, data: Any) -> dict[str
         log.exception("unhandled error on an enqueue channel message")
         return {"ref": ref, "status": 500,
                 "error": {"code": "internal", "message": "the dispatcher failed on this message; see its log"}}
-
-
-async def authorise(request: web.Request, token: str | None) -> None:
-    """The socket's token, checked as for one ``POST /api/v1/jobs``."""
-    principal = await request.app[AUTH].authenticate(token)
-    if not principal.has(*SCOPES):
-        raise auth.Forbidden(f"this token lacks the {' or '.join(SCOPES)} scope")
-    request.app[LIMITER].check(principal.id if principal.kind != "anonymous" else f"addr:{request.remote}")
-    request[auth.PRINCIPAL] = principal
 
 
 ROUTES = [("GET", "/api/v1/enqueue", enqueue_channel)]

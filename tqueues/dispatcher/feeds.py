@@ -128,6 +128,7 @@ class Hub:
         self.events_seen = 0
         self.observers: list[Callable[[dict[str, Any]], None]] = []   # see every event (queue settings)
         self.sockets: set[web.WebSocketResponse] = set()
+        self.serving: set[asyncio.Task[None]] = set()   # claims run for parked waiters (views.enqueue_jobs)
         self.closing = False
         # Live events as sent, by (seq, documents only): one event fanned out to a thousand
         # websockets is made public and serialised once, not a thousand times.

@@ -16,7 +16,7 @@ from ..store import Outcome, Store
 from . import auth
 from .app import SETTINGS, STORE, app_state
 from .auth import principal_of, require_all_queues, require_lease, require_method, require_queue, require_queues
-from .feeds import Feed, Hub, client_gone, run_feed
+from .feeds import Feed, Hub, Waiter, client_gone, run_feed
 from .http import (batch, field, integer, json_response, leases, number, query_float, query_int, query_str,
                    read_json, read_object)
 from .openapi import OPENAPI
@@ -116,7 +116,6 @@ async def claim_wait(store: Store, hub: Hub, queues: list[str], worker: str, lim
                         # and the hub wakes others for any it did not hand over.
                         return handed
                     woken = True   # the adopting claim found nothing (or failed): look again
-
 
 
 def parse_error(value: Any) -> dict[str, Any]:
@@ -219,11 +218,14 @@ async def enqueue_jobs(request: web.Request, jobs: list[models.NewJob]) -> list[
     if not adopted:
         return await store.enqueue(jobs)
     enqueued = asyncio.ensure_future(store.enqueue(jobs))
-    serving = [asyncio.ensure_future(_serve_adopted(waiter)) for waiter in adopted]
+    for waiter in adopted:
+        task = asyncio.ensure_future(_serve_adopted(waiter))
+        hub.serving.add(task)   # kept until done: the loop holds tasks only weakly
+        task.add_done_callback(hub.serving.discard)
     return await enqueued
 
 
-async def _serve_adopted(waiter: Any) -> None:
+async def _serve_adopted(waiter: Waiter) -> None:
     handoff, jobs = waiter.handoff, None
     try:
         jobs = await waiter.claim()
