@@ -168,3 +168,17 @@ async def test_given_a_single_failing_operation_then_it_fails_alone_and_nothing_
     assert await store.last_seq() == before
     job = await put(store)
     assert (await store.get(job["id"]))["status"] == "pending"
+
+
+async def test_given_an_idle_store_and_a_known_queue_then_an_enqueue_is_one_lean_transaction(store) -> None:
+    await put(store)   # the queue is now known
+    statements: list[str] = []
+    store._writer.conn.set_trace_callback(statements.append)
+    try:
+        await put(store)
+    finally:
+        store._writer.conn.set_trace_callback(None)
+    # No savepoints, no busy-timeout changes, no queue insert: only the writes themselves
+    verbs = [" ".join(s.split()[:2]).upper() for s in statements]
+    assert verbs == ["BEGIN IMMEDIATE", "INSERT INTO", "SELECT COALESCE(MAX(SEQ),", "INSERT INTO", "COMMIT"], statements
+    assert "queues" not in " ".join(statements)
