@@ -161,10 +161,11 @@ def groups_writes(server: Server) -> bool:
     return type(server.store).__name__ in ("SQLiteStore", "PostgresStore")
 
 
+@pytest.mark.parametrize("limit", [5, 144])   # 144: a worker's concurrency 16 plus prefetch 128
 async def test_given_a_parked_claim_when_a_job_arrives_then_the_enqueue_hands_it_over_in_the_same_write(
-        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+        server: Server, monkeypatch: pytest.MonkeyPatch, limit: int) -> None:
     calls = count_claims(server, monkeypatch)
-    parked = asyncio.ensure_future(claim(server, "idle", limit=5))
+    parked = asyncio.ensure_future(claim(server, "idle", limit=limit))
     await settle(calls, 1)
     await asyncio.sleep(0.1)
     since = await server.store.last_seq()
@@ -222,3 +223,29 @@ async def test_given_parked_claims_when_a_batch_arrives_then_each_takes_its_shar
     for task in waiting:
         task.cancel()
     await asyncio.gather(*waiting, return_exceptions=True)
+
+
+async def test_given_a_parked_claim_when_a_job_arrives_then_the_worker_is_answered_before_the_producer(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tqueues.dispatcher import views
+
+    answered: list[str] = []
+    original = views.json_response
+
+    def recorded(body: Any, *args: Any, **kwargs: Any) -> Any:
+        answered.append("claim" if isinstance(body, dict) and "lease_seconds" in body else "enqueue")
+        return original(body, *args, **kwargs)
+
+    calls = count_claims(server, monkeypatch)
+    parked = asyncio.ensure_future(claim(server, "idle", limit=5))
+    await settle(calls, 1)
+    await asyncio.sleep(0.1)
+    monkeypatch.setattr(views, "json_response", recorded)
+    # When one job is enqueued while the claim is parked
+    [job] = await enqueue(server)
+    assert [j["id"] for j in await asyncio.wait_for(parked, 5)] == [job["id"]]
+    # Then the claim that was handed the job answers its worker first: the job starts sooner
+    if groups_writes(server):
+        assert answered == ["claim", "enqueue"]
+    else:
+        assert sorted(answered) == ["claim", "enqueue"]

@@ -21,19 +21,21 @@ log = logging.getLogger("tqueues.dispatcher.feeds")
 class Waiter:
     """A future woken by the hub; created before the check it guards, so no wake-up is lost.
 
-    A parked claim (see views.claim_wait) also carries how to claim for it (``claim``, up to
-    ``limit`` jobs, for the client of ``request``): an enqueue may then *adopt* it, run that
-    claim in the same write as the new jobs, and hand the claimed jobs over through ``handoff``.
+    A parked claim (see views.claim_wait) also carries how to claim for it (``claim(n)``, for
+    up to ``limit`` jobs, for the client of ``request``): an enqueue may then *adopt* it, run
+    that claim for the ``take`` new jobs it is handed in the same write as those jobs, and hand
+    the claimed jobs over through ``handoff``.
     """
 
-    __slots__ = ("future", "keys", "hub", "_table", "claim", "limit", "request", "parked", "handoff")
+    __slots__ = ("future", "keys", "hub", "_table", "claim", "limit", "take", "request", "parked", "handoff")
 
     def __init__(self, hub: "Hub", table: dict[str, dict["Waiter", None]], keys: Iterable[str]) -> None:
         self.hub = hub
         self.keys = list(keys)
         self.future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.claim: Callable[[], Awaitable[list[dict[str, Any]]]] | None = None
+        self.claim: Callable[[int], Awaitable[list[dict[str, Any]]]] | None = None
         self.limit = 0
+        self.take = 0           # once adopted: how many of the new jobs its claim is for
         self.request: web.Request | None = None
         self.parked = False     # between its empty claim and the wake-up: free to be adopted
         self.handoff: asyncio.Future[list[dict[str, Any]] | None] | None = None
@@ -190,7 +192,9 @@ class Hub:
     def adopt(self, ready: dict[str, int]) -> list[Waiter]:
         """Parked claims to serve from an enqueue of ``ready[queue]`` jobs due now, longest
         waiting first, as many per queue as the new jobs can fill. Each is woken and given a
-        ``handoff`` future, which its claim's outcome resolves (see views.enqueue_jobs)."""
+        ``handoff`` future, which its claim's outcome resolves (see views.enqueue_jobs), and
+        its ``take``: its share of the new jobs, which is all its claim asks for (the queue had
+        nothing ready when it parked), so that the claim stays as small as the enqueue."""
         adopted: list[Waiter] = []
         for queue, count in ready.items():
             for waiter in list(self.queue_waiters.get(queue, ())):
@@ -200,9 +204,10 @@ class Hub:
                         or (waiter.request is not None and client_gone(waiter.request))):
                     continue
                 waiter.handoff = asyncio.get_running_loop().create_future()
+                waiter.take = min(count, waiter.limit)
                 waiter.wake()
                 adopted.append(waiter)
-                count -= waiter.limit
+                count -= waiter.take
         return adopted
 
     def dispatch(self, events: list[dict[str, Any]]) -> None:

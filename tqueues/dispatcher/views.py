@@ -66,8 +66,8 @@ async def claim_wait(store: Store, hub: Hub, queues: list[str], worker: str, lim
     retried: set[tuple[str, float]] = set()
     woken = False   # this claim follows a wake-up meant for someone who claims
 
-    def claim() -> Awaitable[list[dict[str, Any]]]:
-        return store.claim(queues, worker, limit, lease, lease_prefix)
+    def claim(up_to: int = limit) -> Awaitable[list[dict[str, Any]]]:
+        return store.claim(queues, worker, up_to, lease, lease_prefix)
 
     while True:
         with hub.wait_queues(queues) as waiter:
@@ -222,13 +222,19 @@ async def enqueue_jobs(request: web.Request, jobs: list[models.NewJob]) -> list[
         task = asyncio.ensure_future(_serve_adopted(waiter))
         hub.serving.add(task)   # kept until done: the loop holds tasks only weakly
         task.add_done_callback(hub.serving.discard)
-    return await enqueued
+    results = await enqueued
+    if any(waiter.handoff is not None and waiter.handoff.done() for waiter in adopted):
+        # Committed together: the claims whose jobs were handed over are about to answer their
+        # workers. One turn of the loop lets them go first, so the jobs start before the
+        # producer hears back.
+        await asyncio.sleep(0)
+    return results
 
 
 async def _serve_adopted(waiter: Waiter) -> None:
     handoff, jobs = waiter.handoff, None
     try:
-        jobs = await waiter.claim()
+        jobs = await waiter.claim(waiter.take)
     except Exception as exc:  # noqa: BLE001 - the waiter claims again by itself
         log.warning("claim for a parked worker failed: %s", exc)
     finally:

@@ -207,11 +207,12 @@ def _connect(path: str) -> sqlite3.Connection:
 
 
 class _Op:
-    __slots__ = ("fn", "future")
+    __slots__ = ("fn", "future", "small")
 
-    def __init__(self, fn: Callable[["_Tx"], Any], future: asyncio.Future[Any]) -> None:
+    def __init__(self, fn: Callable[["_Tx"], Any], future: asyncio.Future[Any], small: bool) -> None:
         self.fn = fn
         self.future = future
+        self.small = small   # may run inline (see SQLiteStore._write)
 
 
 class _Tx:
@@ -239,7 +240,8 @@ class _Writer(threading.Thread):
         super().__init__(name="tqueues-sqlite-writer", daemon=True)
         self.store = store
         self.path = path
-        self.ops: _queue.SimpleQueue[_Op | None] = _queue.SimpleQueue()
+        # The operations of one turn of the loop arrive as one list, never split between groups.
+        self.ops: _queue.SimpleQueue[list[_Op] | None] = _queue.SimpleQueue()
         self.conn: sqlite3.Connection = _connect(path)
         self.lock = threading.Lock()   # held while a group runs, on this thread or inline
         # The connection's busy timeout: 0 while groups run inline (their BEGIN must not wait for
@@ -255,7 +257,7 @@ class _Writer(threading.Thread):
                 first = self.ops.get()
                 if first is None:
                     return
-                batch = [first]
+                batch = list(first)
                 stop = False
                 while len(batch) < MAX_GROUP:
                     try:
@@ -265,7 +267,7 @@ class _Writer(threading.Thread):
                     if nxt is None:
                         stop = True
                         break
-                    batch.append(nxt)
+                    batch.extend(nxt)
                 with self.lock:
                     results, published = self._run_group(batch)
                 self.store._loop.call_soon_threadsafe(self.store._deliver, results, published)
@@ -419,7 +421,7 @@ class SQLiteStore(Store):
         self._writer: _Writer | None = None
         self._checkpointer: _Checkpointer | None = None
         self._queued = 0   # operations handed to the writer thread and not yet delivered
-        self._inline: list[_Op] = []   # small operations of this turn of the loop
+        self._turn: list[_Op] = []   # the write operations of this turn of the loop
         self._queues_known: set[str] = set()
         self._readers: ThreadPoolExecutor | None = None
         self._local = threading.local()
@@ -493,26 +495,23 @@ class SQLiteStore(Store):
         if writer is None:
             raise StoreUnavailable("the store is closed")
         future = self._loop.create_future()
-        op = _Op(fn, future)
-        if inline and self._queued == 0:
-            # Gather the small operations of this turn of the loop, then run them as one group.
-            self._inline.append(op)
-            if len(self._inline) == 1:
-                self._loop.call_soon(self._run_inline)
-        else:
-            self._queued += 1
-            writer.ops.put(op)
+        # The operations of this turn of the loop are gathered and committed in one group, in
+        # the order they came: an enqueue and the parked claims it adopted (views.enqueue_jobs)
+        # always share a transaction, whichever of them is small.
+        self._turn.append(_Op(fn, future, inline))
+        if len(self._turn) == 1:
+            self._loop.call_soon(self._run_turn)
         return await future
 
-    def _run_inline(self) -> None:
-        ops, self._inline = self._inline, []
+    def _run_turn(self) -> None:
+        ops, self._turn = self._turn, []
         writer = self._writer
         if writer is None:
             for op in ops:
                 if not op.future.done():
                     op.future.set_exception(StoreUnavailable("the store is closed"))
             return
-        if self._queued == 0 and len(ops) <= INLINE_OPS:
+        if self._queued == 0 and len(ops) <= INLINE_OPS and all(op.small for op in ops):
             try:
                 done = writer.try_inline(ops)
             except Exception as exc:  # noqa: BLE001 - no write may be left waiting forever
@@ -524,9 +523,8 @@ class SQLiteStore(Store):
             if done is not None:
                 self._resolve(*done)
                 return
-        self._queued += len(ops)   # busy, or many at once: the writer thread groups them
-        for op in ops:
-            writer.ops.put(op)
+        self._queued += len(ops)   # busy, large, or many at once: the writer thread groups them
+        writer.ops.put(ops)
 
     def _reader(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
