@@ -182,3 +182,36 @@ async def test_given_an_idle_store_and_a_known_queue_then_an_enqueue_is_one_lean
     verbs = [" ".join(s.split()[:2]).upper() for s in statements]
     assert verbs == ["BEGIN IMMEDIATE", "INSERT INTO", "SELECT COALESCE(MAX(SEQ),", "INSERT INTO", "COMMIT"], statements
     assert "queues" not in " ".join(statements)
+
+
+async def test_given_inline_and_threaded_groups_alternating_then_no_connection_setting_changes(store) -> None:
+    await put(store)   # the queue is now known
+    statements: list[str] = []
+    store._writer.conn.set_trace_callback(statements.append)
+    try:
+        # When an inline enqueue, a claim too large to run inline, and an inline enqueue follow
+        await put(store, 2)
+        claimed = await store.claim(["w"], "worker-1", sqlite_store.INLINE_ITEMS + 1, 30.0)
+        await put(store, 3)
+    finally:
+        store._writer.conn.set_trace_callback(None)
+    assert len(claimed) == 2
+    # Then each group is only its own writes: no PRAGMA switches the busy timeout back and forth
+    assert [s for s in statements if s.upper().startswith("PRAGMA")] == []
+    assert sum(s.upper().startswith("BEGIN IMMEDIATE") for s in statements) == 3
+
+
+async def test_given_the_file_locked_by_another_process_then_a_threaded_group_waits_for_it(
+        store, tmp_path: Path) -> None:
+    other = sqlite3.connect(tmp_path / "q.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        # When a claim too large to run inline is made while another process holds the lock
+        pending = asyncio.ensure_future(store.claim(["w"], "worker-1", sqlite_store.INLINE_ITEMS + 1, 30.0))
+        await asyncio.sleep(0.3)
+        # Then it waits instead of failing
+        assert not pending.done()
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    assert await asyncio.wait_for(pending, 10) == []

@@ -34,6 +34,7 @@ import queue as _queue
 import secrets
 import sqlite3
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Sequence
 from urllib.parse import unquote, urlsplit
@@ -229,6 +230,14 @@ class _Tx:
         self.events.append((kind, job.get("queue"), job.get("id"), job))
 
 
+def _busy(exc: sqlite3.Error) -> bool:
+    """The error says the database is locked by another connection (SQLITE_BUSY)."""
+    code = getattr(exc, "sqlite_errorcode", None)   # Python 3.11+
+    if code is not None:
+        return code & 0xFF == sqlite3.SQLITE_BUSY
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
 class _OperationFailed(Exception):
     """An operation of a group run without savepoints raised: the group runs again with them."""
 
@@ -243,12 +252,12 @@ class _Writer(threading.Thread):
         # The operations of one turn of the loop arrive as one list, never split between groups.
         self.ops: _queue.SimpleQueue[list[_Op] | None] = _queue.SimpleQueue()
         self.conn: sqlite3.Connection = _connect(path)
+        # No busy timeout on the writing connection: an inline BEGIN must fail at once when
+        # another process holds the write lock, and the thread waits for that lock in begin()
+        # instead (changing the timeout per group costs more than the group's own statements).
+        # Once BEGIN IMMEDIATE holds the write lock, nothing else in a WAL transaction waits.
+        self.conn.execute("PRAGMA busy_timeout=0")
         self.lock = threading.Lock()   # held while a group runs, on this thread or inline
-        # The connection's busy timeout: 0 while groups run inline (their BEGIN must not wait for
-        # another process), BUSY_TIMEOUT_MS on the thread (which may wait). Changed only when
-        # the other kind of group comes, not twice per group. Once BEGIN IMMEDIATE holds the
-        # write lock, nothing else in a WAL transaction waits for a lock.
-        self.busy_timeout = BUSY_TIMEOUT_MS
         self.failed_recently = False   # the last group of several had an operation fail
 
     def run(self) -> None:
@@ -283,7 +292,6 @@ class _Writer(threading.Thread):
         if not self.lock.acquire(blocking=False):
             return None
         try:
-            self.set_busy_timeout(0)
             try:
                 self.conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error:
@@ -295,10 +303,20 @@ class _Writer(threading.Thread):
         finally:
             self.lock.release()
 
-    def set_busy_timeout(self, milliseconds: int) -> None:
-        if self.busy_timeout != milliseconds:
-            self.conn.execute(f"PRAGMA busy_timeout={milliseconds}")
-            self.busy_timeout = milliseconds
+    def begin(self) -> None:
+        """BEGIN IMMEDIATE on the writer thread, waiting up to BUSY_TIMEOUT_MS for another
+        process to release the write lock (as SQLite's own busy handler would)."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        pause = 0.001
+        while True:
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 2, 0.05)
 
     def _run_group(self, batch: list[_Op], begun: bool = False, retry_inline: bool = True
                    ) -> tuple[list[tuple[_Op, bool, Any]], list[dict[str, Any]]]:
@@ -329,8 +347,7 @@ class _Writer(threading.Thread):
         committed: list[Callable[[], None]] = []
         try:
             if not begun:
-                self.set_busy_timeout(BUSY_TIMEOUT_MS)
-                conn.execute("BEGIN IMMEDIATE")
+                self.begin()
             for op in batch:
                 tx = _Tx(conn)
                 if savepoints:
