@@ -215,3 +215,30 @@ async def test_given_the_file_locked_by_another_process_then_a_threaded_group_wa
         other.execute("COMMIT")
         other.close()
     assert await asyncio.wait_for(pending, 10) == []
+
+
+async def test_given_a_batch_not_a_multiple_of_the_insert_chunk_then_every_row_is_stored_as_given(store) -> None:
+    count = 2 * sqlite_store.INSERT_CHUNK + 5
+    since = await store.last_seq()
+    statements: list[str] = []
+    store._writer.conn.set_trace_callback(statements.append)
+    try:
+        # When a batch of 69 jobs, each with its own arguments, is enqueued
+        results = await store.enqueue([models.NewJob(queue="w", method="m:f", args=[n, f"pad-{n}"], data={"n": n})
+                                       for n in range(count)])
+    finally:
+        store._writer.conn.set_trace_callback(None)
+    # Then two statements of 32 rows and 5 of one row stored the jobs, and two plus five the events
+    job_inserts = [s for s in statements if s.startswith("INSERT INTO jobs")]
+    event_inserts = [s for s in statements if s.startswith("INSERT INTO events")]
+    assert len(job_inserts) == len(event_inserts) == 2 + 5
+    # And each job reads back exactly as it was sent, in order, with its created event in order
+    for n, (job, created) in enumerate(results):
+        assert created
+        stored = await store.get(job["id"])
+        assert (stored["args"], stored["data"], stored["status"]) == ([n, f"pad-{n}"], {"n": n}, "pending")
+        assert stored == job
+    events = await store.events_since(since, 1000)
+    assert [e["job_id"] for e in events] == [job["id"] for job, _ in results]
+    assert [e["seq"] for e in events] == list(range(since + 1, since + count + 1))
+    assert all(e["new_val"] == job for e, (job, _) in zip(events, results))

@@ -27,6 +27,7 @@ Design
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import operator
 import os
@@ -145,6 +146,7 @@ _JSON_IDX = tuple(JOB_KEYS.index(c) for c in JSON_COLS)
 _JOB_VALUES = operator.itemgetter(*JOB_KEYS)
 MAX_GROUP = 1024
 BUSY_TIMEOUT_MS = 30_000
+INSERT_CHUNK = 32                 # rows per INSERT statement (see insert_rows)
 INLINE_ITEMS = 64                 # the most jobs an operation may touch to run inline
 INLINE_OPS = 8                    # the most operations of one turn of the loop run inline
 CHECKPOINT_EVERY = 0.5            # seconds between looks at the WAL's size
@@ -157,8 +159,32 @@ def job_row(doc: dict[str, Any]) -> list[Any]:
     """The column values of a job document, JSON columns serialised, in JOB_KEYS order."""
     row = list(_JOB_VALUES(doc))
     for i in _JSON_IDX:
-        row[i] = models.dumps_str(row[i])
+        value = row[i]
+        # The usual empty values without a call to the serialiser (the same text it writes).
+        row[i] = "null" if value is None else "{}" if type(value) is dict and not value else models.dumps_str(value)
     return row
+
+
+@functools.lru_cache(maxsize=64)
+def _values_sql(head: str, width: int, count: int) -> str:
+    return head + " VALUES " + ", ".join(["(" + ", ".join("?" * width) + ")"] * count)
+
+
+def insert_rows(conn: sqlite3.Connection, head: str, rows: Sequence[Sequence[Any]]) -> None:
+    """``head`` (``INSERT INTO t (a, b)``) for every row: INSERT_CHUNK rows per statement, the
+    rest one statement each. Binding one statement of many rows costs a fifth less per row
+    than executemany's statement per row (and stays within SQLite's oldest limit of 999
+    parameters: INSERT_CHUNK rows of the widest table, jobs)."""
+    if not rows:
+        return
+    width = len(rows[0])
+    full = len(rows) - len(rows) % INSERT_CHUNK
+    if full:
+        sql = _values_sql(head, width, INSERT_CHUNK)
+        for start in range(0, full, INSERT_CHUNK):
+            conn.execute(sql, [value for row in rows[start:start + INSERT_CHUNK] for value in row])
+    if full < len(rows):
+        conn.executemany(_values_sql(head, width, 1), rows[full:])
 
 
 def row_to_job(row: Sequence[Any]) -> dict[str, Any]:
@@ -393,7 +419,7 @@ class _Writer(threading.Thread):
             seq = last + offset
             rows.append((seq, ts, kind, queue, job_id, models.dumps(doc)))
             published.append({"seq": seq, "ts": ts, "kind": kind, "queue": queue, "job_id": job_id, "new_val": doc})
-        conn.executemany("INSERT INTO events (seq, ts, kind, queue, job_id, doc) VALUES (?, ?, ?, ?, ?, ?)", rows)
+        insert_rows(conn, "INSERT INTO events (seq, ts, kind, queue, job_id, doc)", rows)
         return published
 
 
@@ -619,8 +645,7 @@ class SQLiteStore(Store):
                 out[index] = (doc, True)
                 tx.emit(models.EV_CREATED, doc)
             self._ensure_queues(tx, {spec.queue for spec in jobs}, now)
-            marks = ", ".join("?" * len(JOB_KEYS))
-            conn.executemany(f"INSERT INTO jobs ({COLS}) VALUES ({marks})", rows)
+            insert_rows(conn, f"INSERT INTO jobs ({COLS})", rows)
             return out  # type: ignore[return-value]
 
         return await self._write(op, inline=len(jobs) <= INLINE_ITEMS)
@@ -755,9 +780,8 @@ class SQLiteStore(Store):
             prio, run_at = JOB_KEYS.index("priority"), JOB_KEYS.index("run_at")
             rows.sort(key=lambda r: (-r[prio], r[run_at], r[-1]))
             jobs = [row_to_job(r[:-1]) for r in rows]
-            conn.executemany(
-                "INSERT OR REPLACE INTO executions (job_id, attempt, worker, lease, status, started_at) VALUES (?, ?, ?, ?, 'started', ?)",
-                [(j["id"], j["attempts"], worker, lease, now) for j in jobs])
+            insert_rows(conn, "INSERT OR REPLACE INTO executions (job_id, attempt, worker, lease, status, started_at)",
+                        [(j["id"], j["attempts"], worker, lease, models.STARTED, now) for j in jobs])
             for job in jobs:
                 tx.emit(models.EV_STARTED, job)
             return jobs
