@@ -12,8 +12,9 @@ import os
 import re
 import threading
 import time
+from collections.abc import Mapping   # isinstance with typing.Mapping costs several exceptions per call
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable
 
 import orjson
 
