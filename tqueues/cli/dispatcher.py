@@ -57,7 +57,7 @@ from aiohttp import web
 from ..dispatcher import Settings, create_app
 from ..dispatcher.app import HUB
 from ..store import open_store
-from .common import UsageError, loglevel, number, parse, run, setup_logging
+from .common import UsageError, loglevel, number, parse, quiet_gc, run, setup_logging
 
 PROG = "tqueues_dispatcher"
 log = logging.getLogger("tqueues.dispatcher")
@@ -170,6 +170,7 @@ async def serve(url: str, settings: Settings, host: str, port: int, access_log: 
         log.info("tqueues dispatcher listening on %s://%s:%d/ (store %s%s)", scheme, host, actual, store.scheme,
                  ", authentication required" if settings.auth else "")
         print(f"tqueues dispatcher listening on {scheme}://{host}:{actual}/", flush=True)
+        quiet_gc()
         if exposure:
             log.warning(exposure) if "anyone" in exposure else log.info(exposure)
         stop = asyncio.Event()

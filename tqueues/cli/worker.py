@@ -39,7 +39,7 @@ import sys
 from typing import Any, Sequence
 
 from ..worker import Worker
-from .common import UsageError, loglevel, number, parse, run, setup_logging
+from .common import UsageError, loglevel, number, parse, quiet_gc, run, setup_logging
 
 PROG = "tqueues_worker"
 
@@ -63,6 +63,7 @@ async def serve(worker: Worker) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)
+    quiet_gc()   # the job modules are imported: from here on, jobs come and go
     await worker.run_forever()
 
 
