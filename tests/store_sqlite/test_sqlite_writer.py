@@ -242,3 +242,11 @@ async def test_given_a_batch_not_a_multiple_of_the_insert_chunk_then_every_row_i
     assert [e["job_id"] for e in events] == [job["id"] for job, _ in results]
     assert [e["seq"] for e in events] == list(range(since + 1, since + count + 1))
     assert all(e["new_val"] == job for e, (job, _) in zip(events, results))
+
+
+@pytest.mark.parametrize("value", [None, {}, [], "null", "{}", 0, "", {"a": None}, [None, {}], {"k": "{}"}])
+def test_given_any_json_value_in_a_json_column_then_it_reads_back_as_written(value) -> None:
+    doc = {key: None for key in sqlite_store.JOB_KEYS}
+    for name in sqlite_store.JSON_COLS:
+        doc[name] = value
+    assert sqlite_store.row_to_job(sqlite_store.job_row(doc)) == doc

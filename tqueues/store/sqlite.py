@@ -155,6 +155,7 @@ COLS = ", ".join(JOB_KEYS)
 JSON_COLS = ("args", "kwargs", "data", "result", "error", "secrets")
 _JSON_IDX = tuple(JOB_KEYS.index(c) for c in JSON_COLS)
 _JOB_VALUES = operator.itemgetter(*JOB_KEYS)
+_loads = models.loads
 MAX_GROUP = 1024
 BUSY_TIMEOUT_MS = 30_000
 INSERT_CHUNK = 32                 # rows per INSERT statement (see insert_rows)
@@ -199,12 +200,13 @@ def insert_rows(conn: sqlite3.Connection, head: str, rows: Sequence[Sequence[Any
 
 
 def row_to_job(row: Sequence[Any]) -> dict[str, Any]:
-    doc = dict(zip(JOB_KEYS, row))
-    for name in JSON_COLS:
-        value = doc[name]
+    values = list(row)
+    for i in _JSON_IDX:
+        value = values[i]
         if value is not None:
-            doc[name] = models.loads(value)
-    return doc
+            # Most JSON columns hold null or {} (as job_row wrote them): no parser call for those.
+            values[i] = None if value == "null" else {} if value == "{}" else _loads(value)
+    return dict(zip(JOB_KEYS, values))
 
 
 def path_from_url(url: str) -> str:
