@@ -47,3 +47,32 @@ async def test_given_a_version_3_database_when_opened_then_it_is_migrated_to_the
         assert await store.next_run_at(["q"]) is not None
     finally:
         await store.close()
+
+
+async def test_given_a_version_4_database_when_opened_then_keys_are_unique_through_a_partial_index(db_url: str) -> None:
+    store = open_store(db_url)
+    await store.open()
+    await store.close()
+    # Given the schema as tqueues left it at version 4: a UNIQUE constraint on the key column
+    conn = await asyncpg.connect(db_url)
+    await conn.execute("DROP INDEX tqueues_jobs_key")
+    await conn.execute("ALTER TABLE tqueues_jobs ADD CONSTRAINT tqueues_jobs_key_key UNIQUE (key)")
+    await conn.execute("UPDATE tqueues_meta SET value = '4' WHERE key = 'schema_version'")
+    await conn.close()
+    # When this tqueues opens it
+    store = open_store(db_url)
+    await store.open()
+    try:
+        # Then only jobs with a key have an entry in the key index, and a key is still taken once
+        names = await index_names(db_url)
+        assert "tqueues_jobs_key_key" not in names and "tqueues_jobs_key" in names
+        conn = await asyncpg.connect(db_url)
+        definition = await conn.fetchval("SELECT indexdef FROM pg_indexes WHERE indexname = 'tqueues_jobs_key'")
+        assert "UNIQUE" in definition and "WHERE (key IS NOT NULL)" in definition
+        await conn.close()
+        [(first, created)] = await store.enqueue([models.NewJob(queue="q", method="m:f", key="once")])
+        [(again, created_again)] = await store.enqueue([models.NewJob(queue="q", method="m:f", key="once")])
+        assert created and not created_again and again["id"] == first["id"]
+        await store.enqueue([models.NewJob(queue="q", method="m:f"), models.NewJob(queue="q", method="m:f")])
+    finally:
+        await store.close()

@@ -43,7 +43,7 @@ except ImportError:  # pragma: no cover - reported when the store is opened
 
 log = logging.getLogger("tqueues.store.postgres")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 EVENT_LOCK = 0x7471_7565_7565_73   # advisory lock that orders event seqs ("tqueues")
 MIGRATE_LOCK = EVENT_LOCK + 1
 CHANNEL = "tqueues_events"
@@ -157,6 +157,13 @@ MIGRATIONS: list[str] = [
     DROP INDEX IF EXISTS tqueues_jobs_next;
     CREATE INDEX IF NOT EXISTS tqueues_jobs_delayed ON tqueues_jobs (queue, run_at)
         WHERE status = 'pending' AND run_at > created_at;
+    """,
+    # version 5: keys are unique through an index of the jobs that have one. The column's
+    # UNIQUE constraint indexed every job, NULL keys too, and an update that changes an
+    # indexed column (every claim and completion) writes an entry in every index.
+    """
+    CREATE UNIQUE INDEX IF NOT EXISTS tqueues_jobs_key ON tqueues_jobs (key) WHERE key IS NOT NULL;
+    ALTER TABLE tqueues_jobs DROP CONSTRAINT IF EXISTS tqueues_jobs_key_key;
     """,
 ]
 
