@@ -14,12 +14,14 @@ Design
       table's maximum read at the start of each transaction (``BEGIN IMMEDIATE`` holds the
       write lock, so another process writing the same file cannot interleave).
     * Reads run on a separate thread with its own connection.
-    * When the store is idle, a small operation (one enqueue, a claim, a report of a few
-      outcomes) runs at once on the event loop with the writer's connection, under the
-      writer's lock, instead of waking the writer thread and being woken back: on an idle
-      machine those two thread hand-offs cost more than the write itself. Whenever any write
-      is already on its way, operations queue for the writer thread and are committed as a
-      group, so busy periods keep group commit.
+    * The operations of one turn of the event loop are gathered and always committed in one
+      group, in the order they came (an enqueue and the parked claims it adopted share their
+      transaction). When the store is idle and they are small (one enqueue, a claim, a report
+      of a few outcomes), they run at once on the event loop with the writer's connection,
+      under the writer's lock, instead of waking the writer thread and being woken back: on an
+      idle machine those two thread hand-offs cost more than the write itself. Whenever any
+      write is already on its way, they queue for the writer thread, which joins whatever is
+      waiting into one group, so busy periods keep group commit.
     * Checkpoints of the WAL run on their own thread and connection (``PASSIVE``: they never
       block the writer), never inside a commit.
 """
