@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from tqueues import models
-from tqueues.dispatcher.feeds import Hub
+from tqueues.dispatcher.feeds import Feed, Hub
 
 
 def event(seq: int, kind: str, job: str, queue: str = "q") -> dict[str, Any]:
@@ -36,3 +36,32 @@ async def test_only_the_jobs_not_handed_over_wake_claims() -> None:
     events = [event(1, models.EV_CREATED, "a"), event(2, models.EV_CREATED, "b"), event(3, models.EV_CREATED, "c"),
               event(4, models.EV_STARTED, "b")]
     assert await woken_after(events) == 2
+
+
+async def test_an_event_is_offered_only_to_the_feeds_that_want_its_kind() -> None:
+    hub = Hub(store=None)   # type: ignore[arg-type]
+    aborts = [Feed(queue="q", kinds={models.EV_ABORTED}) for _ in range(50)]   # workers' abort feeds
+    everything = Feed(queue="q")
+    finishes = Feed(kinds={models.EV_FINISHED, models.EV_FAILED})
+    for feed in [*aborts, everything, finishes]:
+        hub.feeds.add(feed)
+    offered: list[Feed] = []
+    for feed in [*aborts, everything, finishes]:
+        feed.matches = (lambda f: lambda e: offered.append(f) or Feed.matches(f, e))(feed)   # type: ignore[method-assign]
+    # When a job finishes
+    hub.dispatch([event(1, models.EV_FINISHED, "a")])
+    # Then the abort feeds were not even asked; the others were, and got it
+    assert sorted(map(id, offered)) == sorted(map(id, [everything, finishes]))
+    assert [e["seq"] for e in everything.items] == [1] and [e["seq"] for e in finishes.items] == [1]
+    # And an abort reaches every abort feed and the feed of every kind
+    offered.clear()
+    hub.dispatch([event(2, models.EV_ABORTED, "a")])
+    assert len(offered) == 51 and all([e["seq"] for e in f.items] == [2] for f in aborts)
+    # And a feed removed is offered nothing more; the set counts what is left
+    for feed in aborts:
+        hub.feeds.discard(feed)
+    hub.feeds.discard(aborts[0])   # twice is harmless
+    offered.clear()
+    hub.dispatch([event(3, models.EV_ABORTED, "b")])
+    assert offered == [everything]
+    assert len(hub.feeds) == 2 and everything in hub.feeds and aborts[0] not in hub.feeds

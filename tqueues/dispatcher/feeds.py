@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any, Awaitable, Callable, Iterable, Iterator
 
 from aiohttp import WSCloseCode, web
 
@@ -119,6 +120,48 @@ class Feed:
         return items
 
 
+class FeedSet:
+    """The hub's subscribers, also filed by the event kinds they want: an event is offered
+    only to the feeds that want its kind (every worker's abort feed wants job.aborted alone,
+    and need not see the other events of every job)."""
+
+    def __init__(self) -> None:
+        self._all: set[Feed] = set()
+        self._by_kind: dict[str | None, set[Feed]] = {}   # None: every kind
+
+    def add(self, feed: Feed) -> None:
+        self._all.add(feed)
+        for kind in feed.kinds if feed.kinds is not None else (None,):
+            self._by_kind.setdefault(kind, set()).add(feed)
+
+    def discard(self, feed: Feed) -> None:
+        if feed not in self._all:
+            return
+        self._all.discard(feed)
+        for kind in feed.kinds if feed.kinds is not None else (None,):
+            feeds = self._by_kind.get(kind)
+            if feeds is not None:
+                feeds.discard(feed)
+                if not feeds:
+                    del self._by_kind[kind]
+
+    def wanting(self, kind: str) -> Iterable[Feed]:
+        """The feeds to offer an event of ``kind`` (not to be changed while iterating)."""
+        every, this = self._by_kind.get(None), self._by_kind.get(kind)
+        if this is None:
+            return every or ()
+        return itertools.chain(every, this) if every else this
+
+    def __iter__(self) -> Iterator[Feed]:
+        return iter(self._all)
+
+    def __len__(self) -> int:
+        return len(self._all)
+
+    def __contains__(self, feed: object) -> bool:
+        return feed in self._all
+
+
 class Hub:
     """Reads the store's event subscription and wakes whoever waits on it."""
 
@@ -126,7 +169,7 @@ class Hub:
         self.store = store
         self.queue_waiters: dict[str, dict[Waiter, None]] = {}
         self.job_waiters: dict[str, dict[Waiter, None]] = {}
-        self.feeds: set[Feed] = set()
+        self.feeds = FeedSet()
         self.events_seen = 0
         self.observers: list[Callable[[dict[str, Any]], None]] = []   # see every event (queue settings)
         self.sockets: set[web.WebSocketResponse] = set()
@@ -226,7 +269,7 @@ class Hub:
             if job_id is not None and job_id in self.job_waiters:
                 for waiter in list(self.job_waiters[job_id]):
                     waiter.wake()
-            for feed in self.feeds:
+            for feed in self.feeds.wanting(kind):
                 feed.push(event)
             if kind == models.EV_QUEUE:
                 for observe in self.observers:
