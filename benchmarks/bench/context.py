@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from .record import Recording
 from .servers import Servers
 from .util import BENCH_DIR, SCRATCH, BenchError, Procs, free_port, last_error_line, rss_bytes, wait_until
 
@@ -24,6 +25,7 @@ class Context:
         self.servers = servers
         self.procs = procs
         self._redis: dict[int, Any] = {}
+        self.record = Recording(SCRATCH / "record.bin")
         self.tq_url: str | None = None
         self.tq_proc: subprocess.Popen[bytes] | None = None
         self.base_env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
@@ -31,7 +33,8 @@ class Context:
             "PYTHONPATH": str(BENCH_DIR),
             "PYTHONUNBUFFERED": "1",
             "PYTHONDONTWRITEBYTECODE": "1",
-            "BENCH_RECORD_URL": servers.redis_url(15),
+            "BENCH_CONTROL_URL": servers.redis_url(15),
+            "BENCH_RECORD_FILE": str(SCRATCH / "record.bin"),
             "NO_COLOR": "1",
         })
 
@@ -55,7 +58,8 @@ class Context:
         return self._redis[db]
 
     @property
-    def record(self) -> Any:
+    def control(self) -> Any:
+        """Redis database 15: coordination of helper processes (workload D)."""
         return self.redis(15)
 
     def recreate_database(self, name: str) -> None:
@@ -138,8 +142,9 @@ class Context:
     # ------------------------------------------------------------ one measurement's start
 
     def prepare(self, peer: "Peer", tag: str) -> None:
-        """Empty the shared recording database and give ``peer`` a clean queue."""
-        self.record.flushdb()
+        """Empty the recording file and give ``peer`` a clean queue."""
+        self.record.reset()
+        self.control.flushdb()
         if peer.tqueues:
             self.start_dispatcher(peer, tag)
         else:

@@ -267,8 +267,6 @@ PEERS: list[Peer] = [
          "2 worker processes running `pgqueuer.run(factory)` as `pgq run` does (batch size 10, LISTEN/NOTIFY); `Queries.enqueue` with lists for batches", has_batch=True),
 ]
 
-RECORD_DB = 15
-
 
 def by_name(names: Sequence[str]) -> list[Peer]:
     known = {p.name: p for p in PEERS}

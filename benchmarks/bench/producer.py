@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from .peers import PEERS
-from .record import DONE_KEY, record_url
+from .record import Recording, record_path
 
 WARMUP = 4
 WARMUP_BASE = 10_000_000     # job ints of the warm-up jobs, apart from the measured ones
@@ -51,15 +51,13 @@ async def main(argv: list[str]) -> dict[str, Any]:
 
 async def paced(peer: Any, count: int, interval: float, warmup: int) -> dict[str, Any]:
     """Warm the workers up, let them go idle, then enqueue ``count`` jobs ``interval`` apart."""
-    import redis.asyncio
-
-    record = redis.asyncio.Redis.from_url(record_url())
+    record = Recording(record_path())
     if warmup:
-        base = int(await record.get(DONE_KEY) or 0)
+        base = record.done()
         for k in range(warmup):
             await peer.enqueue_one(WARMUP_BASE + k)
         deadline = time.monotonic() + 120
-        while int(await record.get(DONE_KEY) or 0) < base + warmup:
+        while record.done() < base + warmup:
             if time.monotonic() > deadline:
                 raise SystemExit("workers did not run the warm-up jobs within 120 s")
             await asyncio.sleep(0.01)
@@ -72,7 +70,6 @@ async def paced(peer: Any, count: int, interval: float, warmup: int) -> dict[str
             await asyncio.sleep(delay)
         enqueued[i] = time.time()
         await peer.enqueue_one(i)
-    await record.aclose()
     return {"enqueued": enqueued, "warmup": warmup}
 
 

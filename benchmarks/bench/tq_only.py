@@ -13,7 +13,6 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .peers import QUEUE
-from .record import DONE_KEY
 from .tqtools import SUBS_READY, SUBS_STOP
 from .util import BenchError, percentile, run_json, say, wait_until
 from .workloads import start_workers, stop_workers, wait_done
@@ -38,13 +37,13 @@ def fanout(ctx: "Context", peer: "Peer", subscribers: int, rate: float, seconds:
         workers = start_workers(ctx, peer)
         # Workers warmed up first, so the subscribers see only the measured flow.
         ctx.producer(peer, ["paced", "0", "1", "4"], f"{peer.name}-producer", timeout=180, workers=workers)
-        ctx.record.set(DONE_KEY, 0)
+        ctx.record.reset()
         env = peer.env(ctx)
         per = subscribers // SUB_PROCESSES
         subs = [ctx.procs.start([ctx.python("main"), "-m", "bench.tqtools", "subscribe", ctx.tq_url or "", QUEUE,
                                  str(per)], name=f"{peer.name}-subscribers{i}", env=env, stdout_pipe=True)
                 for i in range(SUB_PROCESSES)]
-        wait_until(lambda: int(ctx.record.get(SUBS_READY) or 0) >= per * SUB_PROCESSES
+        wait_until(lambda: int(ctx.control.get(SUBS_READY) or 0) >= per * SUB_PROCESSES
                    or any(p.poll() is not None for p in subs), 120, "websocket subscribers connecting")
         if any(p.poll() is not None for p in subs):
             raise BenchError("a subscriber process exited while connecting")
@@ -53,7 +52,7 @@ def fanout(ctx: "Context", peer: "Peer", subscribers: int, rate: float, seconds:
                      timeout=180 + seconds, workers=workers)
         wait_done(ctx, peer, workers, count, 60)
         time.sleep(2.0)   # the last events reach the subscribers
-        ctx.record.set(SUBS_STOP, 1)
+        ctx.control.set(SUBS_STOP, 1)
         lags: list[float] = []
         messages = closed = 0
         first, last = float("inf"), 0.0
@@ -101,7 +100,7 @@ def growth(ctx: "Context", peer: "Peer", pending: int, drain_n: int, claims: int
                     fill_rate = add / answer["seconds"]
                     time.sleep(1.0)
                     rss = ctx.dispatcher_rss() / 2**20
-            ctx.record.flushdb()
+            ctx.record.reset()
             claimed = run_json(ctx.procs, [ctx.python("main"), "-m", "bench.tqtools", "claim", ctx.tq_url or "", QUEUE,
                                            str(claims)], name=f"{peer.name}-claimer", env=peer.env(ctx), timeout=300)
             left -= claims
@@ -109,11 +108,11 @@ def growth(ctx: "Context", peer: "Peer", pending: int, drain_n: int, claims: int
             try:
                 wait_done(ctx, peer, workers, 1, 120)
                 begin = time.time()
-                begin_done = int(ctx.record.get(DONE_KEY) or 0)
+                begin_done = ctx.record.done()
                 finished = wait_done(ctx, peer, workers, drain_n, max(300.0, drain_n / 20))
             finally:
                 stop_workers(ctx, workers)
-            left -= int(ctx.record.get(DONE_KEY) or 0)
+            left -= ctx.record.done()
             out.append({"claim_p50": percentile(claimed["ms"], 50), "claim_p99": percentile(claimed["ms"], 99),
                         "drain": (drain_n - begin_done) / max(finished - begin, 1e-6), "rss_mb": rss,
                         "fill_rate": fill_rate})

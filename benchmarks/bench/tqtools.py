@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp
 
-from .record import record_url
+from .record import control_url
 
 SUBS_READY = "bench:subs_ready"
 SUBS_STOP = "bench:subs_stop"
@@ -30,7 +30,7 @@ async def subscribe(url: str, queue: str, count: int) -> dict[str, Any]:
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, count * 2 + 256)), hard))
-    record = redis.asyncio.Redis.from_url(record_url())
+    record = redis.asyncio.Redis.from_url(control_url())
     ws_url = url.rstrip("/") + "/api/v1/events"
     lags: list[float] = []
     stats = {"messages": 0, "closed": 0, "first": 0.0, "last": 0.0}

@@ -2,7 +2,7 @@
 
 Each measurement starts from a clean queue (see :meth:`Context.prepare`), runs the producer
 and the workers in processes of their own, and reads completions and start times from the
-shared recording database (:mod:`bench.record`).
+shared recording file (:mod:`bench.record`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .producer import WARMUP
-from .record import DONE_KEY, START_KEY
 from .util import SCRATCH, BenchError, last_error_line, percentile
 
 if TYPE_CHECKING:   # pragma: no cover
@@ -52,7 +51,7 @@ def wait_done(ctx: "Context", peer: "Peer", workers: list["subprocess.Popen[byte
     record = ctx.record
     done = 0
     while time.monotonic() < deadline:
-        done = int(record.get(DONE_KEY) or 0)
+        done = record.done()
         if done >= target:
             return time.time()
         if workers and all(proc.poll() is not None for proc in workers):
@@ -71,12 +70,12 @@ def drain(ctx: "Context", peer: "Peer", n: int, timeout: float) -> dict[str, flo
     workers: list[subprocess.Popen[bytes]] = []
     try:
         ctx.producer(peer, ["fill", str(n), str(BATCH)], f"{peer.name}-producer", timeout=max(180.0, n / 50))
-        if int(ctx.record.get(DONE_KEY) or 0):
+        if ctx.record.done():
             raise BenchError("jobs ran before any worker started")
         spawned = time.time()
         workers = start_workers(ctx, peer)
         finished = wait_done(ctx, peer, workers, n, timeout)
-        first = min(float(v) for v in ctx.record.hvals(START_KEY))
+        first = min(ctx.record.starts().values())
         return {"rate": n / (finished - spawned), "steady": n / max(finished - first, 1e-6),
                 "seconds": finished - spawned}
     finally:
@@ -93,7 +92,7 @@ def latency(ctx: "Context", peer: "Peer", count: int, interval: float) -> dict[s
         answer = ctx.producer(peer, ["paced", str(count), str(interval)], f"{peer.name}-producer",
                               timeout=180 + count * interval, workers=workers)
         wait_done(ctx, peer, workers, count + WARMUP, 60)
-        starts = {int(k): float(v) for k, v in ctx.record.hgetall(START_KEY).items()}
+        starts = ctx.record.starts()
         lags = [(starts[int(i)] - ts) * 1000.0 for i, ts in answer["enqueued"].items()]
         return {"p50": percentile(lags, 50), "p99": percentile(lags, 99), "max": max(lags)}
     finally:
