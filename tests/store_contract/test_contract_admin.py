@@ -235,6 +235,22 @@ async def test_given_pending_jobs_when_listing_queues_then_the_oldest_pending_cr
     assert queues["b"]["oldest_pending"] is None
 
 
+async def test_given_the_oldest_job_back_to_pending_when_listing_queues_then_it_is_the_oldest_again(store: Store) -> None:
+    # Given two jobs made a moment apart, the older claimed (so the newer is the oldest pending)
+    first = await put(store, "a", max_attempts=2)
+    await asyncio.sleep(0.02)
+    second = await put(store, "a")
+    claimed = await take(store, "a")
+    assert claimed["id"] == first["id"]
+    assert {q["name"]: q for q in await store.queues()}["a"]["oldest_pending"] == pytest.approx(second["created_at"])
+
+    # When its attempt fails and it goes back to pending for a retry
+    await fail(store, claimed, retry=True)
+
+    # Then the oldest pending creation is the first job's again
+    assert {q["name"]: q for q in await store.queues()}["a"]["oldest_pending"] == pytest.approx(first["created_at"])
+
+
 async def test_given_jobs_when_searched_by_text_then_id_method_key_args_and_error_match_but_not_kwargs(
         store: Store) -> None:
     # Given jobs that differ in method, key, arguments, keyword arguments and error

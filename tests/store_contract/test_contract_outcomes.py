@@ -79,6 +79,62 @@ async def test_given_a_batch_of_outcomes_when_one_is_stale_then_only_that_one_is
     assert await store.get(two["id"]) == two_before
 
 
+async def test_given_a_mixed_batch_when_completed_then_each_outcome_is_applied_in_its_order(store: Store) -> None:
+    # Given four started jobs
+    await store.enqueue([spec(args=[n], max_attempts=3) for n in range(4)])
+    a, b, c, d = await store.claim(["default"], "w", 4)
+
+    # When one call: finishes a; fails b (retry) then finishes b; finishes c twice; finishes d
+    # with a wrong lease, then with its own
+    items = await store.complete([
+        Outcome(a["id"], a["lease"], models.FINISHED, result="a"),
+        Outcome(b["id"], b["lease"], models.FAILED, error=models.error_doc("E", "b failed"), retry=True),
+        Outcome(b["id"], b["lease"], models.FINISHED, result="b"),
+        Outcome(c["id"], c["lease"], models.FINISHED, result="c1"),
+        Outcome(c["id"], c["lease"], models.FINISHED, result="c2"),
+        Outcome(d["id"], "wrong-lease", models.FINISHED, result="d1"),
+        Outcome(d["id"], d["lease"], models.FINISHED, result="d2"),
+    ])
+
+    # Then every outcome is answered in order as if applied one after the other
+    assert [i["id"] for i in items] == [a["id"], b["id"], b["id"], c["id"], c["id"], d["id"], d["id"]]
+    assert items[0]["ok"] and items[0]["job"]["result"] == "a"
+    assert items[1]["ok"] and items[1]["job"]["status"] == models.PENDING   # back for a retry
+    assert is_stale(items[2], b["id"])                                       # its lease ended with the failure
+    assert items[3]["ok"] and items[3]["job"]["result"] == "c1"
+    assert is_stale(items[4], c["id"])
+    assert is_stale(items[5], d["id"])
+    assert items[6]["ok"] and items[6]["job"]["result"] == "d2"
+    # ... the stored jobs agree with the answers, and each one's events tell the same story
+    assert [(await store.get(j["id"]))["status"] for j in (a, b, c, d)] == [
+        models.FINISHED, models.PENDING, models.FINISHED, models.FINISHED]
+    assert (await store.get(c["id"]))["result"] == "c1"
+    assert await kinds(store, b["id"]) == [models.EV_CREATED, models.EV_STARTED, models.EV_RETRYING]
+    assert await kinds(store, d["id"]) == [models.EV_CREATED, models.EV_STARTED, models.EV_FINISHED]
+
+
+async def test_given_hundreds_of_started_jobs_when_completed_in_one_call_then_all_finish_with_their_results(
+        store: Store) -> None:
+    # Given 600 started jobs (more than one statement's worth in any backend)
+    await store.enqueue([spec(args=[n]) for n in range(600)])
+    jobs = await store.claim(["default"], "w", 600)
+    assert len(jobs) == 600
+
+    # When one call reports every one finished with its own result
+    items = await store.complete([Outcome(j["id"], j["lease"], models.FINISHED, result={"n": j["args"][0]})
+                                  for j in jobs])
+
+    # Then every answer is ok, in order, with the job's own result; so are the stored job and execution
+    assert [i["id"] for i in items] == [j["id"] for j in jobs]
+    assert all(i["ok"] and i["job"]["result"] == {"n": j["args"][0]} for i, j in zip(items, jobs))
+    for job in (jobs[0], jobs[299], jobs[599]):
+        stored = await store.get(job["id"])
+        assert (stored["status"], stored["result"], stored["lease"]) == (models.FINISHED, {"n": job["args"][0]}, None)
+        [execution] = await store.executions(job["id"])
+        assert execution["status"] == models.EXEC_FINISHED
+    assert await store.claim(["default"], "w", 10) == []
+
+
 async def test_given_an_invalid_outcome_status_when_completing_then_invalid_request_and_nothing_changes(
         store: Store) -> None:
     # Given a started job

@@ -201,6 +201,45 @@ def insert_rows(conn: sqlite3.Connection, head: str, rows: Sequence[Sequence[Any
         conn.executemany(_values_sql(head, width, 1), rows[full:])
 
 
+FINISH_CHUNK = 256                # outcomes per set-wise completion (3 parameters each: under 999)
+
+
+def _set_wise(make_sql: Callable[[int], str], head: list[Any], rows: Sequence[Sequence[Any]],
+              width: int) -> tuple[str, list[Any]]:
+    """A statement over ``(VALUES ...)`` for ``rows`` and its parameters, ``head`` first.
+
+    The list is padded with rows of NULLs (which match nothing) to the next power of two, so
+    that a few statements serve every batch size and stay in the connection's statement cache
+    instead of being prepared anew for each size."""
+    size = 1
+    while size < len(rows):
+        size *= 2
+    params = list(head)
+    for row in rows:
+        params += row
+    params += [None] * (width * (size - len(rows)))
+    return make_sql(size), params
+
+
+@functools.lru_cache(maxsize=16)
+def _finish_sql(count: int) -> str:
+    """Finish ``count`` started jobs whose lease matches: parameters ``now, now`` then
+    ``(id, lease, result JSON)`` per job; returns the finished jobs' rows."""
+    return ("UPDATE jobs SET status = 'finished', result = v.column3, error = NULL, lease = NULL,"
+            " lease_expires = NULL, finished_at = ?, updated_at = ?"
+            " FROM (VALUES " + ", ".join(["(?, ?, ?)"] * count) + ") AS v"
+            " WHERE jobs.id = v.column1 AND jobs.lease = v.column2 AND jobs.status = 'started'"
+            f" RETURNING {COLS}")
+
+
+@functools.lru_cache(maxsize=16)
+def _finish_executions_sql(count: int) -> str:
+    """Mark ``count`` executions finished: parameters ``now`` then ``(job_id, attempt)`` each."""
+    return ("UPDATE executions SET status = 'finished', finished_at = ?"
+            " FROM (VALUES " + ", ".join(["(?, ?)"] * count) + ") AS v"
+            " WHERE executions.job_id = v.column1 AND executions.attempt = v.column2")
+
+
 def row_to_job(row: Sequence[Any]) -> dict[str, Any]:
     values = list(row)
     for i in _JSON_IDX:
@@ -823,49 +862,36 @@ class SQLiteStore(Store):
 
     async def _complete(self, outcomes: list[Outcome], now: float) -> list[dict[str, Any]]:
         def op(tx: _Tx) -> list[dict[str, Any]]:
-            # The common case, fenced completions that finished, is applied set-wise: one read of
-            # every job, two executemany writes. Anything else goes through _complete_one, after
-            # the set-wise writes pending so far have been applied (it reads the database).
+            # The common case, a fenced completion that finished, is applied set-wise: per chunk
+            # one UPDATE ... FROM (VALUES ...) RETURNING that finishes every job whose lease
+            # still matches (the fence is in its WHERE), then one UPDATE of their executions.
+            # Every other outcome goes through _complete_one, in order, after them: a failure,
+            # an unfenced completion, the second outcome of a job in the batch, and a finished
+            # one the set-wise update left alone (stale lease, unknown id), which it reports.
             conn = tx.conn
-            jobs: dict[str, dict[str, Any]] = {}
-            for chunk in models.iter_chunks(list(dict.fromkeys(o.id for o in outcomes)), 500):
-                marks = ", ".join("?" * len(chunk))
-                for row in conn.execute(f"SELECT {COLS} FROM jobs WHERE id IN ({marks})", chunk):
+            firsts: dict[str, int] = {}   # job id → index of its first outcome in the batch
+            for i, outcome in enumerate(outcomes):
+                firsts.setdefault(outcome.id, i)
+            fast = {job_id: i for job_id, i in firsts.items()
+                    if outcomes[i].status == models.FINISHED and outcomes[i].lease is not None}
+            finished: dict[str, dict[str, Any]] = {}
+            values = [(job_id, outcomes[i].lease, models.dumps_str(models.to_jsonable(outcomes[i].result)))
+                      for job_id, i in fast.items()]
+            for chunk in models.iter_chunks(values, FINISH_CHUNK):
+                for row in conn.execute(*_set_wise(_finish_sql, [now, now], chunk, 3)):
                     job = row_to_job(row)
-                    jobs[job["id"]] = job
+                    finished[job["id"]] = job
+            executions = [(job_id, job["attempts"]) for job_id, job in finished.items()]
+            for chunk in models.iter_chunks(executions, FINISH_CHUNK):
+                conn.execute(*_set_wise(_finish_executions_sql, [now], chunk, 2))
             out: list[dict[str, Any]] = []
-            finished: list[tuple[Any, ...]] = []
-            executions: list[tuple[Any, ...]] = []
-
-            def flush() -> None:
-                conn.executemany("UPDATE jobs SET status = 'finished', result = ?, error = NULL, lease = NULL,"
-                                 " lease_expires = NULL, finished_at = ?, updated_at = ? WHERE id = ?", finished)
-                conn.executemany("UPDATE executions SET status = 'finished', finished_at = ? WHERE job_id = ? AND attempt = ?",
-                                 executions)
-                finished.clear()
-                executions.clear()
-
-            for outcome in outcomes:
-                job = jobs.get(outcome.id)
-                fenced = (job is not None and outcome.lease is not None and outcome.status == models.FINISHED
-                          and job["status"] == models.STARTED and job["lease"] == outcome.lease)
-                if not fenced:
-                    flush()
-                    result = self._complete_one(tx, outcome, now)
-                    if result["ok"]:
-                        jobs[outcome.id] = result["job"]
-                    out.append(result)
+            for i, outcome in enumerate(outcomes):
+                job = finished.get(outcome.id) if fast.get(outcome.id) == i else None
+                if job is None:
+                    out.append(self._complete_one(tx, outcome, now))
                     continue
-                assert job is not None
-                value = models.to_jsonable(outcome.result)
-                new = {**job, "status": models.FINISHED, "result": value, "error": None, "lease": None,
-                       "lease_expires": None, "finished_at": now, "updated_at": now}
-                finished.append((models.dumps_str(value), now, now, outcome.id))
-                executions.append((now, outcome.id, job["attempts"]))
-                jobs[outcome.id] = new
-                tx.emit(models.EV_FINISHED, new)
-                out.append(ok(new))
-            flush()
+                tx.emit(models.EV_FINISHED, job)
+                out.append(ok(job))
             return out
 
         return await self._write(op, inline=len(outcomes) <= INLINE_ITEMS)
@@ -1025,9 +1051,16 @@ class SQLiteStore(Store):
                                               "counts": dict.fromkeys(models.STATUSES, 0)})
                 entry["counts"][status] = count
             for entry in out.values():
+                # The creation time of the pending job enqueued first: the one with the lowest
+                # seq (seqs grow with creation), found at the start of the queue's pending run
+                # of the (queue, status) index. O(log n) per queue, where MIN(created_at) over
+                # the pending jobs reads every one of them (most of a second at a million).
                 entry["oldest_pending"] = None
-            for name, oldest in conn.execute("SELECT queue, MIN(created_at) FROM jobs WHERE status = 'pending' GROUP BY queue"):
-                out[name]["oldest_pending"] = oldest
+                if entry["counts"][models.PENDING]:
+                    row = conn.execute("SELECT created_at FROM jobs WHERE seq = (SELECT MIN(seq) FROM jobs"
+                                       " INDEXED BY jobs_queue_status WHERE queue = ? AND status = 'pending')",
+                                       (entry["name"],)).fetchone()
+                    entry["oldest_pending"] = row[0] if row else None
             return list(out.values())
 
         return await self._read(read)
