@@ -76,3 +76,34 @@ async def test_given_a_version_4_database_when_opened_then_keys_are_unique_throu
         await store.enqueue([models.NewJob(queue="q", method="m:f"), models.NewJob(queue="q", method="m:f")])
     finally:
         await store.close()
+
+
+async def test_given_a_version_5_database_when_opened_then_the_queue_status_index_ends_with_seq(db_url: str) -> None:
+    store = open_store(db_url)
+    await store.open()
+    await store.close()
+    # Given the schema as tqueues left it at version 5: an index of (queue, status)
+    conn = await asyncpg.connect(db_url)
+    await conn.execute("DROP INDEX tqueues_jobs_queue_status_seq")
+    await conn.execute("CREATE INDEX tqueues_jobs_queue_status ON tqueues_jobs (queue, status)")
+    await conn.execute("UPDATE tqueues_meta SET value = '5' WHERE key = 'schema_version'")
+    await conn.close()
+    # When this tqueues opens it
+    store = open_store(db_url)
+    await store.open()
+    try:
+        # Then the index of (queue, status, seq) has replaced it
+        names = await index_names(db_url)
+        assert "tqueues_jobs_queue_status" not in names and "tqueues_jobs_queue_status_seq" in names
+        # ... and a queue's oldest pending job is the first one enqueued of those still pending
+        [(first, _)] = await store.enqueue([models.NewJob(queue="q", method="m:f")])
+        [(second, _)] = await store.enqueue([models.NewJob(queue="q", method="m:f")])
+        await store.claim(["q"], "w", 1)
+        conn = await asyncpg.connect(db_url)
+        definition = await conn.fetchval("SELECT indexdef FROM pg_indexes WHERE indexname = 'tqueues_jobs_queue_status_seq'")
+        await conn.close()
+        assert definition.endswith("(queue, status, seq)")
+        [queue] = [q for q in await store.queues() if q["name"] == "q"]
+        assert queue["oldest_pending"] == pytest.approx(second["created_at"]) and queue["counts"]["started"] == 1
+    finally:
+        await store.close()

@@ -43,7 +43,7 @@ except ImportError:  # pragma: no cover - reported when the store is opened
 
 log = logging.getLogger("tqueues.store.postgres")
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 EVENT_LOCK = 0x7471_7565_7565_73   # advisory lock that orders event seqs ("tqueues")
 MIGRATE_LOCK = EVENT_LOCK + 1
 CHANNEL = "tqueues_events"
@@ -164,6 +164,14 @@ MIGRATIONS: list[str] = [
     """
     CREATE UNIQUE INDEX IF NOT EXISTS tqueues_jobs_key ON tqueues_jobs (key) WHERE key IS NOT NULL;
     ALTER TABLE tqueues_jobs DROP CONSTRAINT IF EXISTS tqueues_jobs_key_key;
+    """,
+    # version 6: the (queue, status) index ends with seq, so that a queue's oldest pending job
+    # is found at the start of its pending entries: O(log n), where MIN(created_at) over the
+    # pending jobs read every one of them (a quarter of a second, on three cores, at a million).
+    # The counts still come from this index alone.
+    """
+    CREATE INDEX IF NOT EXISTS tqueues_jobs_queue_status_seq ON tqueues_jobs (queue, status, seq);
+    DROP INDEX IF EXISTS tqueues_jobs_queue_status;
     """,
 ]
 
@@ -895,10 +903,13 @@ class PostgresStore(Store):
                                                       "counts": dict.fromkeys(models.STATUSES, 0)})
                 entry["counts"][row["status"]] = row["n"]
             for entry in out.values():
+                # The creation time of the pending job enqueued first: the lowest seq among
+                # the queue's pending entries of the (queue, status, seq) index.
                 entry["oldest_pending"] = None
-            for row in await conn.fetch("SELECT queue, MIN(created_at) AS oldest FROM tqueues_jobs"
-                                        " WHERE status = 'pending' GROUP BY queue"):
-                out[row["queue"]]["oldest_pending"] = row["oldest"]
+                if entry["counts"][models.PENDING]:
+                    entry["oldest_pending"] = await conn.fetchval(
+                        "SELECT created_at FROM tqueues_jobs WHERE seq = (SELECT MIN(seq) FROM tqueues_jobs"
+                        " WHERE queue = $1 AND status = 'pending')", entry["name"])
             return [out[name] for name in sorted(out)]
 
         return await self._read(read)
