@@ -34,7 +34,7 @@ class Context:
             "PYTHONUNBUFFERED": "1",
             "PYTHONDONTWRITEBYTECODE": "1",
             "BENCH_CONTROL_URL": servers.redis_url(15),
-            "BENCH_RECORD_FILE": str(SCRATCH / "record.bin"),
+            "BENCH_RECORD_FILE": str(self.record.path),
             "NO_COLOR": "1",
         })
 

@@ -23,17 +23,26 @@ async def index_names(url: str) -> set[str]:
         await conn.close()
 
 
+async def as_version(url: str, version: int, *statements: str) -> None:
+    """Turn a current database back into what tqueues left at ``version``: run ``statements``
+    and record that version."""
+    conn = await asyncpg.connect(url)
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+        await conn.execute("UPDATE tqueues_meta SET value = $1 WHERE key = 'schema_version'", str(version))
+    finally:
+        await conn.close()
+
+
 async def test_given_a_version_3_database_when_opened_then_it_is_migrated_to_the_delayed_jobs_index(db_url: str) -> None:
     store = open_store(db_url)
     await store.open()
     await store.enqueue([models.NewJob(queue="q", method="m:f", run_at=models.now() + 60)])
     await store.close()
     # Given the schema as tqueues left it at version 3
-    conn = await asyncpg.connect(db_url)
-    await conn.execute("DROP INDEX tqueues_jobs_delayed")
-    await conn.execute("CREATE INDEX tqueues_jobs_next ON tqueues_jobs (queue, run_at) WHERE status = 'pending'")
-    await conn.execute("UPDATE tqueues_meta SET value = '3' WHERE key = 'schema_version'")
-    await conn.close()
+    await as_version(db_url, 3, "DROP INDEX tqueues_jobs_delayed",
+                     "CREATE INDEX tqueues_jobs_next ON tqueues_jobs (queue, run_at) WHERE status = 'pending'")
     # When this tqueues opens it
     store = open_store(db_url)
     await store.open()
@@ -54,11 +63,8 @@ async def test_given_a_version_4_database_when_opened_then_keys_are_unique_throu
     await store.open()
     await store.close()
     # Given the schema as tqueues left it at version 4: a UNIQUE constraint on the key column
-    conn = await asyncpg.connect(db_url)
-    await conn.execute("DROP INDEX tqueues_jobs_key")
-    await conn.execute("ALTER TABLE tqueues_jobs ADD CONSTRAINT tqueues_jobs_key_key UNIQUE (key)")
-    await conn.execute("UPDATE tqueues_meta SET value = '4' WHERE key = 'schema_version'")
-    await conn.close()
+    await as_version(db_url, 4, "DROP INDEX tqueues_jobs_key",
+                     "ALTER TABLE tqueues_jobs ADD CONSTRAINT tqueues_jobs_key_key UNIQUE (key)")
     # When this tqueues opens it
     store = open_store(db_url)
     await store.open()
@@ -83,11 +89,8 @@ async def test_given_a_version_5_database_when_opened_then_the_queue_status_inde
     await store.open()
     await store.close()
     # Given the schema as tqueues left it at version 5: an index of (queue, status)
-    conn = await asyncpg.connect(db_url)
-    await conn.execute("DROP INDEX tqueues_jobs_queue_status_seq")
-    await conn.execute("CREATE INDEX tqueues_jobs_queue_status ON tqueues_jobs (queue, status)")
-    await conn.execute("UPDATE tqueues_meta SET value = '5' WHERE key = 'schema_version'")
-    await conn.close()
+    await as_version(db_url, 5, "DROP INDEX tqueues_jobs_queue_status_seq",
+                     "CREATE INDEX tqueues_jobs_queue_status ON tqueues_jobs (queue, status)")
     # When this tqueues opens it
     store = open_store(db_url)
     await store.open()

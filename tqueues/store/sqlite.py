@@ -179,9 +179,14 @@ def job_row(doc: dict[str, Any]) -> list[Any]:
     return row
 
 
+def _value_rows(width: int, count: int) -> str:
+    """``(?, ?), (?, ?), ...``: ``count`` rows of ``width`` parameters."""
+    return ", ".join(["(" + ", ".join("?" * width) + ")"] * count)
+
+
 @functools.lru_cache(maxsize=64)
 def _values_sql(head: str, width: int, count: int) -> str:
-    return head + " VALUES " + ", ".join(["(" + ", ".join("?" * width) + ")"] * count)
+    return head + " VALUES " + _value_rows(width, count)
 
 
 def insert_rows(conn: sqlite3.Connection, head: str, rows: Sequence[Sequence[Any]]) -> None:
@@ -227,7 +232,7 @@ def _finish_sql(count: int) -> str:
     ``(id, lease, result JSON)`` per job; returns the finished jobs' rows."""
     return ("UPDATE jobs SET status = 'finished', result = v.column3, error = NULL, lease = NULL,"
             " lease_expires = NULL, finished_at = ?, updated_at = ?"
-            " FROM (VALUES " + ", ".join(["(?, ?, ?)"] * count) + ") AS v"
+            " FROM (VALUES " + _value_rows(3, count) + ") AS v"
             " WHERE jobs.id = v.column1 AND jobs.lease = v.column2 AND jobs.status = 'started'"
             f" RETURNING {COLS}")
 
@@ -236,7 +241,7 @@ def _finish_sql(count: int) -> str:
 def _finish_executions_sql(count: int) -> str:
     """Mark ``count`` executions finished: parameters ``now`` then ``(job_id, attempt)`` each."""
     return ("UPDATE executions SET status = 'finished', finished_at = ?"
-            " FROM (VALUES " + ", ".join(["(?, ?)"] * count) + ") AS v"
+            " FROM (VALUES " + _value_rows(2, count) + ") AS v"
             " WHERE executions.job_id = v.column1 AND executions.attempt = v.column2")
 
 
