@@ -110,6 +110,27 @@ async def test_given_hung_functions_then_each_is_stopped_at_its_timeout_and_the_
     assert time.monotonic() - started < 25
 
 
+async def test_given_a_coroutine_ignoring_cancellation_then_it_is_abandoned_after_the_stop_grace_and_fails_timed_out(
+        cluster: Cluster) -> None:
+    url = cluster.start_dispatcher()
+    cluster.worker("stubborn", "--stop-grace", "1", concurrency=1)
+    async with Client(url) as client:
+        # Given a coroutine that swallows cancellation, with a timeout, on a single-slot worker
+        hung = await client.enqueue("support.jobs:hang_stubbornly", cluster.ledger, queue="stubborn", timeout=0.5,
+                                    max_attempts=1)
+        after = await client.enqueue("support.jobs:add_plain", 2, 3, queue="stubborn")
+        started = time.monotonic()
+        # When its timeout passes
+        stopped = await client.wait(hung["id"], timeout=30)
+        served = await client.wait(after["id"], timeout=30)
+    # Then it was asked to stop once, failed with JobTimeout after the stop grace, and its slot served the next job
+    assert stopped["status"] == "failed" and stopped["error"]["type"] == "JobTimeout"
+    assert 1.4 <= stopped["finished_at"] - stopped["started_at"] < 10
+    assert cluster.ledger_lines() == [["cancelled"]]
+    assert served["status"] == "finished" and served["result"] == 5
+    assert time.monotonic() - started < 20
+
+
 async def test_given_unregistered_methods_then_nothing_runs_and_nothing_is_imported(cluster: Cluster, tmp_path: Path) -> None:
     canary = tmp_path / "canary-ran"
     imported = tmp_path / "canary-imported"
@@ -196,3 +217,29 @@ async def test_given_hung_plain_jobs_past_the_grace_period_then_sigterm_stops_th
     assert [(j["status"], j["attempts"]) for j in released] == [("pending", 0)] * 2
     output = worker.output()
     assert "never retrieved" not in output and "Traceback" not in output and "ERROR" not in output, output
+
+
+async def test_given_sigterm_with_a_coroutine_ignoring_cancellation_then_it_is_abandoned_released_and_the_worker_exits_0(
+        cluster: Cluster) -> None:
+    url = cluster.start_dispatcher()
+    worker = cluster.worker("term-stubborn", "--grace", "1", "--stop-grace", "1", concurrency=1)
+    async with Client(url) as client:
+        # Given a running coroutine that swallows cancellation
+        job = await client.enqueue("support.jobs:hang_stubbornly", cluster.ledger, queue="term-stubborn")
+        for _ in range(100):
+            if (await client.get(job["id"]))["status"] == "started":
+                break
+            await asyncio.sleep(0.1)
+        # When the worker gets SIGTERM
+        started = time.monotonic()
+        worker.popen.send_signal(signal.SIGTERM)
+        code = worker.popen.wait(30)
+        elapsed = time.monotonic() - started
+        # Then after its grace the coroutine was cancelled, then abandoned, and the worker exited 0
+        assert code == 0, worker.output()
+        assert elapsed < 12
+        lines = cluster.ledger_lines()
+        assert lines and all(line == ["cancelled"] for line in lines), lines
+        # And the job went back to pending, its attempt not counted
+        released = await client.get(job["id"])
+        assert released["status"] == "pending" and released["attempts"] == 0

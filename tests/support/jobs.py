@@ -59,6 +59,15 @@ async def hang_forever() -> None:
     await asyncio.Event().wait()
 
 
+async def hang_stubbornly(ledger: str) -> None:
+    """Awaits forever and shrugs off every cancellation (writes "cancelled" each time)."""
+    while True:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            append(ledger, "cancelled")
+
+
 async def echo(*args: Any, **kwargs: Any) -> dict[str, Any]:
     return {"args": list(args), "kwargs": kwargs}
 

@@ -36,7 +36,7 @@ import asyncio
 import os
 import signal
 import sys
-from typing import Any, Sequence
+from typing import Any, Coroutine, Sequence
 
 from ..worker import Worker
 from .common import UsageError, loglevel, number, parse, quiet_gc, run, setup_logging
@@ -67,13 +67,33 @@ async def serve(worker: Worker) -> None:
     await worker.run_forever()
 
 
+def run_until_stopped(main: Coroutine[Any, Any, None]) -> None:
+    """``asyncio.run(main)``, except that a function the worker abandoned (a coroutine that
+    ignored cancellation past its stop grace) does not keep the process from exiting:
+    asyncio.run would wait for it forever."""
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(main)
+        leftover = asyncio.all_tasks(loop)
+        for task in leftover:
+            task.cancel()
+        if leftover:
+            loop.run_until_complete(asyncio.wait(leftover, timeout=1.0))
+        for task in leftover:
+            if not task.done():
+                task._log_destroy_pending = False   # type: ignore[attr-defined]  # abandoned on purpose
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    finally:
+        loop.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(__doc__ or "", argv, PROG)
 
     def go() -> int:
         setup_logging(loglevel(args))
         worker = build(args)
-        asyncio.run(serve(worker))
+        run_until_stopped(serve(worker))
         return 0
 
     return run(PROG, go)

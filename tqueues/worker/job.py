@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import logging
 import traceback
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -24,6 +25,8 @@ from .runner import ChildDied, RemoteError
 
 if TYPE_CHECKING:
     from .worker import Worker
+
+log = logging.getLogger("tqueues.worker")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -62,6 +65,12 @@ class Job:
         self._start_error: Exception | None = None
         self._sink: capture.LogSink | None = None
         self._wake: asyncio.Future[None] | None = None
+        # Supervised attempts (Worker.run_forever): see supervise().
+        self._ended: Callable[["Job"], None] | None = None
+        self._timers: list[asyncio.TimerHandle] = []
+        self._halted = False       # cancelled by its timeout or a lost lease
+        self._stopped = False      # cancelled by the worker shutting down
+        self._settled = False      # its outcome is known: reported, dropped or left to release
 
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.method} attempt {self.attempt}>"
@@ -162,11 +171,89 @@ class Job:
             raise
         return self.result
 
-    def stop_if_cancelled(self, task: "asyncio.Future[Any]") -> None:
-        """Stop a function started for a task cancelled before it ran (a worker stopping at
-        once): nothing else would await or stop it."""
-        if task.cancelled() and self._inner is not None and not self._inner.done():
-            self._inner.cancel()
+    # ------------------------------------------------------------------ supervised
+
+    def supervise(self, ended: Callable[["Job"], None]) -> None:
+        """Start the attempt and see it through without a task of its own (what
+        ``async with job: await job.run()`` does, by callbacks): its outcome is reported when
+        the function ends; at its timeout, or when the lease is lost, the function is
+        cancelled and, if it is still running ``stop_grace`` seconds later, abandoned.
+        ``ended(self)`` is called once, after the outcome was reported or dropped."""
+        self._ended = ended
+        self.start()
+        loop = asyncio.get_running_loop()
+        if self._start_error is not None:
+            loop.call_soon(self._settle, self._start_error)
+            return
+        inner = self._inner
+        assert inner is not None
+        inner.add_done_callback(self._function_done)
+        if self.timeout is not None:
+            self._timers.append(loop.call_later(self.timeout, self._halt))
+        if self.lost:
+            self._halt()
+
+    def cancel(self, grace: float) -> None:
+        """Stop a supervised attempt for a worker shutting down: cancel the function and give
+        it ``grace`` seconds; nothing is reported (the worker releases the lease)."""
+        inner = self._inner
+        if self._settled or inner is None or inner.done():
+            return
+        self._stopped = True
+        inner.cancel()
+        self._timers.append(asyncio.get_running_loop().call_later(grace, self._abandon))
+
+    def _halt(self) -> None:
+        """Timeout or lost lease: cancel the function, abandon it after ``stop_grace``."""
+        inner = self._inner
+        if self._halted or self._stopped or self._settled or inner is None or inner.done():
+            return
+        self._halted = True
+        inner.cancel()
+        self._timers.append(asyncio.get_running_loop().call_later(self.worker.stop_grace, self._abandon))
+
+    def _abandon(self) -> None:
+        if not self._settled:
+            assert self._inner is not None
+            self._inner.add_done_callback(_retrieve)   # it may still end, unread
+            self._settle(self._halt_error())
+
+    def _halt_error(self) -> BaseException:
+        if self._stopped:   # whatever it did once cancelled: not reported, the lease is released
+            return asyncio.CancelledError()
+        if self.lost:
+            return JobAborted("the job's lease was lost (aborted or re-leased); it was stopped")
+        return JobTimeout(f"the job ran past its timeout of {self.timeout:g} s and was stopped")
+
+    def _function_done(self, inner: "asyncio.Future[Any]") -> None:
+        if self._settled:
+            return
+        if self._halted or self._stopped:
+            inner.add_done_callback(_retrieve)
+            self._settle(self._halt_error())
+        elif inner.cancelled():
+            self._settle(asyncio.CancelledError())
+        elif inner.exception() is not None:
+            self._settle(inner.exception())
+        else:
+            self.result = inner.result()
+            self._settle(None)
+
+    def _settle(self, exc: BaseException | None) -> None:
+        if self._settled:
+            return
+        self._settled = True
+        for timer in self._timers:
+            timer.cancel()
+        try:
+            if self._sink is not None:
+                self._sink.close()
+            self._conclude(exc)
+        except Exception:  # noqa: BLE001 - the slot must be freed whatever happened
+            log.exception("%s: reporting its outcome failed", self)
+        finally:
+            assert self._ended is not None
+            self._ended(self)
 
     def lose(self) -> None:
         """The dispatcher no longer holds this lease for us (aborted, re-leased): stop the
@@ -174,6 +261,8 @@ class Job:
         self.lost = True
         if self._wake is not None and not self._wake.done():
             self._wake.set_result(None)
+        if self._ended is not None:
+            self._halt()
 
     # ------------------------------------------------------------------ context manager
 
@@ -183,6 +272,11 @@ class Job:
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: Any) -> bool:
+        return self._conclude(exc)
+
+    def _conclude(self, exc: BaseException | None) -> bool:
+        """Report the attempt (drop it if the lease was lost); True when ``exc`` was recorded
+        as its failure and is to be suppressed."""
         if self.lost:
             self.worker._drop(self)
             return isinstance(exc, Exception)

@@ -81,7 +81,8 @@ class Worker:
         self._logs: list[dict[str, Any]] = []
         self._logs_dropped = 0
         self._outcome_ready = asyncio.Event()
-        self._running: set[asyncio.Task[None]] = set()
+        self._running: set[Job] = set()          # started by run_forever, outcome not yet known
+        self._idle: asyncio.Future[None] | None = None   # set when _running empties (shutdown)
         self._slot_free = asyncio.Event()
         self._lease_changed = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -258,33 +259,29 @@ class Worker:
             if job.lost:   # aborted or re-leased while it waited
                 self._drop(job)
                 continue
-            job.start()   # now, not when its task first runs: the function starts a turn sooner
-            task = asyncio.ensure_future(self._run_job(job))
-            self._running.add(task)
-            task.add_done_callback(self._job_done)
-            task.add_done_callback(job.stop_if_cancelled)
+            self._running.add(job)
+            job.supervise(self._job_ended)   # no task per job: callbacks see it through
 
-    async def _run_job(self, job: Job) -> None:
-        async with job:
-            await job.run()
-
-    def _job_done(self, task: asyncio.Task[None]) -> None:
-        self._running.discard(task)
+    def _job_ended(self, job: Job) -> None:
+        self._running.discard(job)
         self._fill()
         self._slot_free.set()
-        if not task.cancelled() and task.exception() is not None:
-            log.error("job task failed", exc_info=task.exception())
+        if not self._running and self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
 
     async def _drain(self) -> None:
         """Give running jobs ``grace`` seconds to finish, then stop them (their leases are released)."""
         if not self._running:
             return
         log.info("waiting up to %g s for %d running job(s)", self.grace, len(self._running))
-        _, pending = await asyncio.wait(set(self._running), timeout=self.grace)
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.wait(pending, timeout=5)
+        self._idle = asyncio.get_running_loop().create_future()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._idle), self.grace)
+        if self._running:
+            for job in list(self._running):
+                job.cancel(self.stop_grace + 1)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._idle), self.stop_grace + 2)
 
     # ------------------------------------------------------------------ plain functions
 
