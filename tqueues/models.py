@@ -125,7 +125,11 @@ def new_id() -> str:
 
 def dumps(obj: Any) -> bytes:
     """Serialise to JSON bytes (orjson; non-string dict keys and numpy-free)."""
-    return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
+    try:
+        # Documents almost never have a non-string key, and the option costs a third more.
+        return orjson.dumps(obj)
+    except TypeError:
+        return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
 
 
 def dumps_str(obj: Any) -> str:
@@ -138,11 +142,26 @@ def loads(data: bytes | str) -> Any:
 
 def to_jsonable(value: Any) -> Any:
     """``value`` if JSON can carry it, else its ``repr`` (results must never break a job)."""
+    kind = type(value)
+    # The usual results without a trial serialisation (orjson refuses integers beyond 64 bits
+    # and strings with lone surrogates, so those are tried).
+    if value is None or kind is bool or kind is float or kind is int and -2**63 <= value < 2**64 \
+            or kind is str and value.isascii():
+        return value
     try:
-        orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+        dumps(value)
         return value
     except TypeError:
         return repr(value)
+
+
+def json_text(value: Any) -> str:
+    """The JSON text of ``value``, or of its ``repr`` when JSON cannot carry it: what
+    ``dumps_str(to_jsonable(value))`` gives, serialising once."""
+    try:
+        return dumps(value).decode()
+    except TypeError:
+        return dumps(repr(value)).decode()
 
 
 # --------------------------------------------------------------------------- validation

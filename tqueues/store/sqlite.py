@@ -880,7 +880,7 @@ class SQLiteStore(Store):
             fast = {job_id: i for job_id, i in firsts.items()
                     if outcomes[i].status == models.FINISHED and outcomes[i].lease is not None}
             finished: dict[str, dict[str, Any]] = {}
-            values = [(job_id, outcomes[i].lease, models.dumps_str(models.to_jsonable(outcomes[i].result)))
+            values = [(job_id, outcomes[i].lease, models.json_text(outcomes[i].result))
                       for job_id, i in fast.items()]
             for chunk in models.iter_chunks(values, FINISH_CHUNK):
                 for row in conn.execute(*_set_wise(_finish_sql, [now, now], chunk, 3)):
@@ -915,7 +915,7 @@ class SQLiteStore(Store):
         if outcome.status == models.FINISHED:
             new = self._update_job(conn, outcome.id, "", (),
                                    "status = 'finished', result = ?, error = NULL, lease = NULL, lease_expires = NULL, finished_at = ?, updated_at = ?",
-                                   (models.dumps_str(models.to_jsonable(outcome.result)), now, now))
+                                   (models.json_text(outcome.result), now, now))
             conn.execute("UPDATE executions SET status = 'finished', finished_at = ? WHERE job_id = ? AND attempt = ?",
                          (now, outcome.id, attempt))
             kind = models.EV_FINISHED
