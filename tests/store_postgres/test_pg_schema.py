@@ -7,6 +7,7 @@ import pytest
 
 from tqueues import models
 from tqueues.store import open_store
+from tqueues.store.base import Outcome
 from tqueues.store.postgres import SCHEMA_VERSION
 
 
@@ -108,5 +109,40 @@ async def test_given_a_version_5_database_when_opened_then_the_queue_status_inde
         assert definition.endswith("(queue, status, seq)")
         [queue] = [q for q in await store.queues() if q["name"] == "q"]
         assert queue["oldest_pending"] == pytest.approx(second["created_at"]) and queue["counts"]["started"] == 1
+    finally:
+        await store.close()
+
+
+async def test_given_a_version_6_database_when_opened_then_events_ts_is_a_brin_index_and_executions_leave_room(
+        db_url: str) -> None:
+    store = open_store(db_url)
+    await store.open()
+    await store.close()
+    # Given the schema as tqueues left it at version 6: a B-tree of events.ts, executions packed full
+    await as_version(db_url, 6, "DROP INDEX tqueues_events_ts_brin",
+                     "CREATE INDEX tqueues_events_ts ON tqueues_events (ts)",
+                     "ALTER TABLE tqueues_executions RESET (fillfactor)")
+    # When this tqueues opens it
+    store = open_store(db_url)
+    await store.open()
+    try:
+        conn = await asyncpg.connect(db_url)
+        try:
+            indexes = {r["indexname"]: r["indexdef"] for r in await conn.fetch(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'tqueues_events'")}
+            options = await conn.fetchval("SELECT reloptions FROM pg_class WHERE relname = 'tqueues_executions'")
+        finally:
+            await conn.close()
+        # Then events.ts is indexed by BRIN only, and executions pages keep room for updates
+        assert "tqueues_events_ts" not in indexes and "USING brin (ts)" in indexes["tqueues_events_ts_brin"]
+        assert "fillfactor=50" in options
+        # ... and pruning still removes old events, keeping the newest
+        [(job, _)] = await store.enqueue([models.NewJob(queue="q", method="m:f")])
+        [claimed] = await store.claim(["q"], "w", 1)
+        await store.complete([Outcome(id=job["id"], lease=claimed["lease"], status=models.FINISHED)])
+        assert len(await store.events_since(0, job_id=job["id"])) == 3
+        assert await store.prune(0) == 1
+        remaining = await store.events_since(0)
+        assert len(remaining) == 1 and remaining[0]["kind"] == models.EV_FINISHED
     finally:
         await store.close()
