@@ -45,3 +45,30 @@ async def test_given_a_file_with_the_old_index_of_every_pending_job_when_opened_
         assert await store.next_run_at(["q"]) is not None
     finally:
         await store.close()
+
+
+async def test_job_events_are_stored_as_value_arrays_and_events_written_as_objects_still_read(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    store = open_store(f"sqlite:///{path}")
+    await store.open()
+    try:
+        # Given a job event written now, and a job event as an older tqueues wrote it (an object)
+        [(job, _)] = await store.enqueue([models.NewJob(queue="q", method="m:f", args=[1, {"k": "v"}])])
+        await store.register_worker({"id": "w1", "queues": ["q"]})
+        conn = sqlite3.connect(path)
+        old = dict(job, status="started")
+        conn.execute("INSERT INTO events (seq, ts, kind, queue, job_id, doc) VALUES (1000, ?, 'job.started', 'q', ?, ?)",
+                     (models.now(), job["id"], models.dumps_str(old)))
+        conn.commit()
+        (stored,) = conn.execute("SELECT doc FROM events WHERE kind = 'job.created'").fetchone()
+        conn.close()
+        # Then the new row holds the job's values, not its keys
+        assert bytes(stored).startswith(b"[1,") and b'"method"' not in bytes(stored)
+        # And every event reads back as the document it was written with, whichever the form
+        events = await store.events_since(0)
+        assert [e["kind"] for e in events] == ["job.created", models.EV_WORKER, "job.started"]
+        assert events[0]["new_val"] == job
+        assert events[1]["new_val"]["id"] == "w1"
+        assert events[2]["new_val"] == old
+    finally:
+        await store.close()
