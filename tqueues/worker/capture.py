@@ -52,6 +52,8 @@ class LogSink:
 
     def close(self) -> None:
         """Emit what is left of unterminated lines."""
+        if not self._partial:   # the usual case: nothing printed, or only whole lines
+            return
         with self._lock:
             partial, self._partial = self._partial, {}
         for stream, text in partial.items():
@@ -131,7 +133,8 @@ class capturing:
         self._token: contextvars.Token[LogSink | None] | None = None
 
     def __enter__(self) -> LogSink:
-        install()
+        if not _done:
+            install()
         self._token = _current.set(self.sink)
         return self.sink
 

@@ -46,6 +46,20 @@ def is_async(fn: Callable[..., Any]) -> bool:
 class Job:
     """A job leased to this worker: its document, its lease, and how to run it."""
 
+    # State an attempt starts with (class attributes: a worker makes thousands of jobs a second).
+    result: Any = None
+    lost = False               # the lease was lost: aborted, re-leased or ended elsewhere
+    _inner: "asyncio.Future[Any] | None" = None
+    _start_error: Exception | None = None
+    _sink: capture.LogSink | None = None
+    _wake: "asyncio.Future[None] | None" = None
+    # Supervised attempts (Worker.run_forever): see supervise().
+    _ended: Callable[["Job"], None] | None = None
+    _timers: "list[asyncio.TimerHandle] | None" = None
+    _halted = False            # cancelled by its timeout or a lost lease
+    _stopped = False           # cancelled by the worker shutting down
+    _settled = False           # its outcome is known: reported, dropped or left to release
+
     def __init__(self, worker: "Worker", doc: dict[str, Any]) -> None:
         self.worker = worker
         self.doc = doc
@@ -59,18 +73,6 @@ class Job:
         self.lease: str = doc["lease"]
         self.timeout: float | None = doc.get("timeout") or worker.default_timeout
         self.data: dict[str, Any] = dict(doc.get("data") or {})
-        self.result: Any = None
-        self.lost = False          # the lease was lost: aborted, re-leased or ended elsewhere
-        self._inner: asyncio.Future[Any] | None = None
-        self._start_error: Exception | None = None
-        self._sink: capture.LogSink | None = None
-        self._wake: asyncio.Future[None] | None = None
-        # Supervised attempts (Worker.run_forever): see supervise().
-        self._ended: Callable[["Job"], None] | None = None
-        self._timers: list[asyncio.TimerHandle] = []
-        self._halted = False       # cancelled by its timeout or a lost lease
-        self._stopped = False      # cancelled by the worker shutting down
-        self._settled = False      # its outcome is known: reported, dropped or left to release
 
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.method} attempt {self.attempt}>"
@@ -101,8 +103,8 @@ class Job:
         except Exception as exc:  # noqa: BLE001 - raised again by run(), which reports it
             self._start_error = exc
             return
-        kwargs = dict(self.kwargs)
         pass_job = wants_job(fn)
+        kwargs = dict(self.kwargs) if pass_job else self.kwargs   # **kwargs copies it anyway
         self._sink = capture.LogSink(self.attempt, self.log_line)
         with capture.capturing(self._sink):   # the task created below inherits the capture
             if is_async(fn):
@@ -189,7 +191,7 @@ class Job:
         assert inner is not None
         inner.add_done_callback(self._function_done)
         if self.timeout is not None:
-            self._timers.append(loop.call_later(self.timeout, self._halt))
+            self._timer(self.timeout, self._halt)
         if self.lost:
             self._halt()
 
@@ -201,7 +203,7 @@ class Job:
             return
         self._stopped = True
         inner.cancel()
-        self._timers.append(asyncio.get_running_loop().call_later(grace, self._abandon))
+        self._timer(grace, self._abandon)
 
     def _halt(self) -> None:
         """Timeout or lost lease: cancel the function, abandon it after ``stop_grace``."""
@@ -210,7 +212,12 @@ class Job:
             return
         self._halted = True
         inner.cancel()
-        self._timers.append(asyncio.get_running_loop().call_later(self.worker.stop_grace, self._abandon))
+        self._timer(self.worker.stop_grace, self._abandon)
+
+    def _timer(self, delay: float, callback: Callable[[], None]) -> None:
+        if self._timers is None:
+            self._timers = []
+        self._timers.append(asyncio.get_running_loop().call_later(delay, callback))
 
     def _abandon(self) -> None:
         if not self._settled:
@@ -243,7 +250,7 @@ class Job:
         if self._settled:
             return
         self._settled = True
-        for timer in self._timers:
+        for timer in self._timers or ():
             timer.cancel()
         try:
             if self._sink is not None:
