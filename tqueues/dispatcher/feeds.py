@@ -256,21 +256,30 @@ class Hub:
     def dispatch(self, events: list[dict[str, Any]]) -> None:
         self.events_seen += len(events)
         ready: dict[str, int] = {}
-        taken = _taken_later(events)
+        taken: set[int] | None = None   # worked out at the first event that made a job ready
+        job_waiters = self.job_waiters
+        targets: dict[str, tuple[Feed, ...]] | None = {} if len(self.feeds) else None   # per kind, this batch
         for index, event in enumerate(events):
             kind = event["kind"]
-            queue = event["queue"]
             if kind in models.READY_KINDS:
+                if taken is None:
+                    taken = _taken_later(events)
                 if index not in taken:
+                    queue = event["queue"]
                     ready[queue] = ready.get(queue, 0) + 1
             elif kind == models.EV_QUEUE:   # resumed, or changed: every claim looks again
-                ready[queue] = len(self.queue_waiters.get(queue, ()))
-            job_id = event["job_id"]
-            if job_id is not None and job_id in self.job_waiters:
-                for waiter in list(self.job_waiters[job_id]):
-                    waiter.wake()
-            for feed in self.feeds.wanting(kind):
-                feed.push(event)
+                ready[event["queue"]] = len(self.queue_waiters.get(event["queue"], ()))
+            if job_waiters:
+                job_id = event["job_id"]
+                if job_id is not None and job_id in job_waiters:
+                    for waiter in list(job_waiters[job_id]):
+                        waiter.wake()
+            if targets is not None:
+                feeds = targets.get(kind)
+                if feeds is None:
+                    feeds = targets[kind] = tuple(self.feeds.wanting(kind))
+                for feed in feeds:
+                    feed.push(event)
             if kind == models.EV_QUEUE:
                 for observe in self.observers:
                     observe(event)

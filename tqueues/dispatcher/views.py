@@ -132,6 +132,10 @@ def parse_error(value: Any) -> dict[str, Any]:
 
 
 def parse_outcome(item: Any, job: str | None = None, status: str | None = None) -> Outcome:
+    if job is None and status is None and type(item) is dict and item.get("status") == models.FINISHED \
+            and type(item.get("id")) is str and type(item.get("lease")) is str and "retry" not in item:
+        # The usual outcome of a worker, checked in one go; anything else is checked field by field.
+        return Outcome(id=item["id"], lease=item["lease"], status=models.FINISHED, result=item.get("result"))
     if not isinstance(item, dict):
         raise InvalidRequest("each outcome must be an object with id, lease and status")
     status = status or field(item, "status", str)
@@ -412,7 +416,8 @@ async def complete_batch(request: web.Request) -> web.Response:
         require_lease(request, outcome.lease)
     results = await store.complete(outcomes)
     if not body.get("documents", True):
-        results = [{k: v for k, v in r.items() if k != "job"} for r in results]
+        for result in results:   # the store's answer items are this request's own
+            result.pop("job", None)
     else:
         results = [{**r, "job": shown(r["job"])} if "job" in r else r for r in results]
     return json_response({"results": results})
