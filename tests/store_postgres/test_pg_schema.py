@@ -146,3 +146,32 @@ async def test_given_a_version_6_database_when_opened_then_events_ts_is_a_brin_i
         assert len(remaining) == 1 and remaining[0]["kind"] == models.EV_FINISHED
     finally:
         await store.close()
+
+
+async def test_job_events_are_stored_as_value_arrays_and_events_written_as_objects_still_read(db_url: str) -> None:
+    store = open_store(db_url)
+    await store.open()
+    try:
+        # Given a job event written now, and a job event as an older tqueues wrote it (an object)
+        [(job, _)] = await store.enqueue([models.NewJob(queue="q", method="m:f", args=[1, {"k": "v"}])])
+        await store.register_worker({"id": "w1", "queues": ["q"]})
+        old = dict(job, status="started")
+        conn = await asyncpg.connect(db_url)
+        try:
+            last = await conn.fetchval("SELECT MAX(seq) FROM tqueues_events")
+            await conn.execute("INSERT INTO tqueues_events (seq, ts, kind, queue, job_id, doc)"
+                               " VALUES ($1, $2, 'job.started', 'q', $3, $4::jsonb)",
+                               last + 1, models.now(), job["id"], models.dumps_str(old))
+            kind = await conn.fetchval("SELECT jsonb_typeof(doc) FROM tqueues_events WHERE kind = 'job.created'")
+        finally:
+            await conn.close()
+        # Then the new row holds the job's values as an array, not an object of its keys
+        assert kind == "array"
+        # And every event reads back as the document it was written with, whichever the form
+        events = await store.events_since(0)
+        assert [e["kind"] for e in events] == ["job.created", models.EV_WORKER, "job.started"]
+        assert events[0]["new_val"] == job
+        assert events[1]["new_val"]["id"] == "w1"
+        assert events[2]["new_val"] == old
+    finally:
+        await store.close()

@@ -34,7 +34,8 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from .. import models
 from ..errors import ConfigurationError, Conflict, JobNotFound, LeaseConflict, StoreUnavailable, TQueuesError
-from .base import JOB_KEYS, Outcome, Store, conflict, new_job, ok, redact, token_not_found, worker_not_found
+from .base import (JOB_KEYS, Outcome, Store, conflict, event_doc, new_job, ok, redact, stored_event_doc, token_not_found,
+                   worker_not_found)
 
 try:  # imported lazily by open_store; the module itself needs the driver
     import asyncpg
@@ -434,11 +435,11 @@ class PostgresStore(Store):
         last = await conn.fetchval(
             "WITH last AS (SELECT COALESCE(MAX(seq), 0) AS seq FROM tqueues_events),"
             " ins AS (INSERT INTO tqueues_events (seq, ts, kind, queue, job_id, doc)"
-            "   SELECT last.seq + e.n, $1, e.kind, e.queue, e.job_id, e.doc"
-            "   FROM last, unnest($2::text[], $3::text[], $4::text[], $5::jsonb[]) WITH ORDINALITY AS e(kind, queue, job_id, doc, n)"
+            "   SELECT last.seq + e.n, $1, e.kind, e.queue, e.job_id, e.doc::jsonb"
+            "   FROM last, unnest($2::text[], $3::text[], $4::text[], $5::text[]) WITH ORDINALITY AS e(kind, queue, job_id, doc, n)"
             "   RETURNING seq)"
             " SELECT m FROM (SELECT MAX(seq) AS m FROM ins) AS x, pg_notify($6, x.m::text)",
-            ts, [e[0] for e in events], [e[1] for e in events], [e[2] for e in events], [e[3] for e in events], CHANNEL)
+            ts, [e[0] for e in events], [e[1] for e in events], [e[2] for e in events], [models.dumps_str(stored_event_doc(e[3])) for e in events], CHANNEL)
         first = int(last) - len(events) + 1
         return [{"seq": first + offset, "ts": ts, "kind": kind, "queue": queue, "job_id": job_id, "new_val": doc}
                 for offset, (kind, queue, job_id, doc) in enumerate(events)]
@@ -990,7 +991,7 @@ class PostgresStore(Store):
             rows = await conn.fetch(f"SELECT seq, ts, kind, queue, job_id, doc FROM tqueues_events"
                                     f" WHERE {' AND '.join(where)} ORDER BY seq LIMIT ${len(params)}", *params)
             return [{"seq": r["seq"], "ts": r["ts"], "kind": r["kind"], "queue": r["queue"], "job_id": r["job_id"],
-                     "new_val": r["doc"]} for r in rows]
+                     "new_val": event_doc(r["doc"])} for r in rows]
 
         return await self._read(read)
 

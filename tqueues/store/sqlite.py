@@ -44,7 +44,8 @@ from urllib.parse import unquote, urlsplit
 
 from .. import models
 from ..errors import Conflict, ConfigurationError, InvalidRequest, JobNotFound, LeaseConflict, StoreUnavailable, TQueuesError
-from .base import JOB_KEYS, Outcome, Store, conflict, new_job, ok, token_not_found, worker_not_found
+from .base import (JOB_KEYS, Outcome, Store, conflict, event_doc, new_job, ok, stored_event_doc, token_not_found,
+                   worker_not_found)
 
 log = logging.getLogger("tqueues.store.sqlite")
 
@@ -179,31 +180,9 @@ def job_row(doc: dict[str, Any]) -> list[Any]:
     return row
 
 
-# A job document stored in an event row is a JSON array of its values, in the order of a
-# shape listed here, after the shape's number: half the bytes of the object (its keys are
-# most of it), and so fewer pages to write, commit and checkpoint. Other documents (workers,
-# queues, log lines, and rows written by older versions) are JSON objects. A change of
-# JOB_KEYS adds a shape; the old ones stay readable.
-EVENT_SHAPES: dict[int, tuple[str, ...]] = {1: JOB_KEYS}
-EVENT_SHAPE = 1
-
-
 def event_doc_text(doc: Any) -> bytes:
-    """The stored JSON of an event's document (see EVENT_SHAPES)."""
-    if type(doc) is dict and len(doc) == len(JOB_KEYS):
-        try:   # as many keys as a job, and every key of a job: a job document
-            return models.dumps([EVENT_SHAPE, *_JOB_VALUES(doc)])
-        except KeyError:
-            pass
-    return models.dumps(doc)
-
-
-def event_doc(text: str | bytes) -> Any:
-    """An event's document from its stored text."""
-    value = _loads(text)
-    if type(value) is list:
-        return dict(zip(EVENT_SHAPES[value[0]], value[1:]))
-    return value
+    """The stored JSON of an event's document (see base.stored_event_doc)."""
+    return models.dumps(stored_event_doc(doc))
 
 
 def _value_rows(width: int, count: int) -> str:
@@ -1169,7 +1148,7 @@ class SQLiteStore(Store):
                 params.append(job_id)
             rows = conn.execute(f"SELECT seq, ts, kind, queue, job_id, doc FROM events WHERE {' AND '.join(where)}"
                                 " ORDER BY seq LIMIT ?", (*params, limit)).fetchall()
-            return [{"seq": r[0], "ts": r[1], "kind": r[2], "queue": r[3], "job_id": r[4], "new_val": event_doc(r[5])}
+            return [{"seq": r[0], "ts": r[1], "kind": r[2], "queue": r[3], "job_id": r[4], "new_val": event_doc(_loads(r[5]))}
                     for r in rows]
 
         return await self._read(read)
