@@ -135,6 +135,25 @@ async def test_given_hundreds_of_started_jobs_when_completed_in_one_call_then_al
     assert await store.claim(["default"], "w", 10) == []
 
 
+RESULTS = [[1, 2], [3, 4], 5, {"a": [6]}, None, "text", [], {}, [[7, 8], [9]], 1.5, True]
+
+
+async def test_given_results_of_every_json_shape_when_completed_in_one_call_then_each_job_keeps_its_own(
+        store: Store) -> None:
+    # Given as many started jobs as results of different shapes (lists of equal length among them)
+    await store.enqueue([spec(args=[n]) for n in range(len(RESULTS))])
+    jobs = await store.claim(["default"], "w", len(RESULTS))
+
+    # When one call reports them finished, each with its result
+    items = await store.complete([Outcome(j["id"], j["lease"], models.FINISHED, result=RESULTS[j["args"][0]])
+                                  for j in jobs])
+
+    # Then every job stored exactly its own result
+    assert all(i["ok"] for i in items)
+    for job in jobs:
+        assert (await store.get(job["id"]))["result"] == RESULTS[job["args"][0]]
+
+
 async def test_given_an_invalid_outcome_status_when_completing_then_invalid_request_and_nothing_changes(
         store: Store) -> None:
     # Given a started job

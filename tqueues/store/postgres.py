@@ -734,12 +734,14 @@ class PostgresStore(Store):
                 if not finished:
                     return
                 await conn.execute(   # the jobs and their executions, in one round trip
-                    "WITH f AS (SELECT * FROM unnest($2::text[], $3::jsonb[], $4::int[]) AS f(id, result, attempt)),"
-                    " jobs AS (UPDATE tqueues_jobs j SET status = 'finished', result = f.result, error = NULL, lease = NULL,"
+                    # Results go as JSON text: a jsonb[] parameter of lists would be taken for
+                    # a multidimensional array.
+                    "WITH f AS (SELECT * FROM unnest($2::text[], $3::text[], $4::int[]) AS f(id, result, attempt)),"
+                    " jobs AS (UPDATE tqueues_jobs j SET status = 'finished', result = f.result::jsonb, error = NULL, lease = NULL,"
                     "   lease_expires = NULL, finished_at = $1, updated_at = $1 FROM f WHERE j.id = f.id)"
                     " UPDATE tqueues_executions e SET status = 'finished', finished_at = $1"
                     " FROM f WHERE e.job_id = f.id AND e.attempt = f.attempt",
-                    now, [f[0] for f in finished], [f[1] for f in finished], [f[2] for f in finished])
+                    now, [f[0] for f in finished], [models.dumps_str(f[1]) for f in finished], [f[2] for f in finished])
                 finished.clear()
 
             for outcome in outcomes:
