@@ -4,6 +4,7 @@
     python benchmarks/instructions.py                                  # SQLite: batch, one, drain
     python benchmarks/instructions.py --store postgres --workloads drain
     python benchmarks/instructions.py --jobs 10000 --workloads batch
+    python benchmarks/instructions.py --process worker                 # a worker's, per drained job
 
 Rates and latencies move with whatever else the machine is doing; the number of instructions
 a dispatcher executes for the same work does not (within a few tenths of a percent). This is
@@ -22,6 +23,11 @@ Workloads (every job is ``tqueues.examples:noop``):
 * ``drain``  a batch-enqueued backlog run to the end by two ``tqueues_worker --concurrency 16
   --prefetch 128``. Shown is the drain's own cost: the fill's and the drain's together, less
   the ``batch`` figure of the same invocation (measured first when asked for ``drain``).
+
+With ``--process worker`` the worker is counted instead: the ``drain`` workload only, the
+dispatcher running normally and a single ``tqueues_worker --concurrency 16 --prefetch 128``
+under callgrind; its instructions per job are the difference of the two runs' totals over the
+difference in jobs, as above (the fill costs the worker nothing).
 
 Needs valgrind (``apt-get install valgrind``) and tqueues importable by this Python (run it
 with the project's virtual environment). Under callgrind the dispatcher runs about fifty times
@@ -70,17 +76,30 @@ async def fresh_postgres(admin_url: str, name: str) -> str:
     return urlunsplit(urlsplit(admin_url)._replace(path=f"/{name}"))
 
 
-class Dispatcher:
-    """A dispatcher under callgrind, on a free port."""
+def callgrind_total(out: Path, log: str) -> int:
+    """The instructions callgrind counted in ``out`` (one file per process it followed)."""
+    total = 0
+    for path in glob.glob(f"{out}*"):
+        for line in Path(path).read_text(errors="replace").splitlines():
+            if line.startswith("totals:"):
+                total += int(line.split()[1])
+    if not total:
+        raise SystemExit(f"instructions: callgrind wrote no totals; see {log}")
+    return total
 
-    def __init__(self, db_url: str, scratch: Path) -> None:
+
+class Dispatcher:
+    """A dispatcher on a free port, under callgrind when ``counted``."""
+
+    def __init__(self, db_url: str, scratch: Path, counted: bool = True) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.out = scratch / "callgrind.out"
         self.log = open(scratch / "dispatcher.log", "wb")
+        under = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={self.out}"] if counted else []
         self.proc = subprocess.Popen(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={self.out}", sys.executable, "-m",
-             "tqueues.cli.dispatcher", "--db", db_url, "--bind", f"127.0.0.1:{self.port}", "--loglevel", "WARNING"],
+            [*under, sys.executable, "-m", "tqueues.cli.dispatcher", "--db", db_url, "--bind", f"127.0.0.1:{self.port}",
+             "--loglevel", "WARNING"],
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
 
     async def ready(self, client: tqueues.Client, timeout: float = 300.0) -> None:
@@ -106,14 +125,7 @@ class Dispatcher:
             raise SystemExit("instructions: the dispatcher did not stop within 300 s") from None
         finally:
             self.log.close()
-        total = 0
-        for path in glob.glob(f"{self.out}*"):
-            for line in Path(path).read_text(errors="replace").splitlines():
-                if line.startswith("totals:"):
-                    total += int(line.split()[1])
-        if not total:
-            raise SystemExit(f"instructions: callgrind wrote no totals; see {self.log.name}")
-        return total
+        return callgrind_total(self.out, self.log.name)
 
 
 async def wait_finished(client: tqueues.Client, count: int, timeout: float) -> None:
@@ -127,15 +139,22 @@ async def wait_finished(client: tqueues.Client, count: int, timeout: float) -> N
         await asyncio.sleep(1.0)
 
 
-async def one_run(workload: str, jobs: int, store: str, pg_admin: str) -> int:
-    """Total instructions of a dispatcher that served ``jobs`` jobs of ``workload``."""
+WORKER = [sys.executable, "-m", "tqueues.cli.worker", "--queue", QUEUE, "--import", "tqueues.examples",
+          "--concurrency", "16", "--prefetch", "128", "--loglevel", "WARNING"]
+
+
+async def one_run(workload: str, jobs: int, store: str, pg_admin: str, process: str = "dispatcher") -> int:
+    """Total instructions of the dispatcher that served ``jobs`` jobs of ``workload`` (or of
+    the one worker that drained them, for ``process="worker"``)."""
     with tempfile.TemporaryDirectory(prefix="tqueues-instructions-") as scratch_dir:
         scratch = Path(scratch_dir)
         if store == "postgres":
             db_url = await fresh_postgres(pg_admin, "tqueues_instructions")
         else:
             db_url = f"sqlite:///{scratch / 'tqueues.db'}"
-        dispatcher = Dispatcher(db_url, scratch)
+        dispatcher = Dispatcher(db_url, scratch, counted=process == "dispatcher")
+        worker_out = scratch / "callgrind-worker.out"
+        worker_log = open(scratch / "worker.log", "wb")
         workers: list[subprocess.Popen[bytes]] = []
         client = tqueues.Client(dispatcher.url, timeout=600)
         failed = True
@@ -148,12 +167,17 @@ async def one_run(workload: str, jobs: int, store: str, pg_admin: str) -> int:
                 for low in range(0, jobs, BATCH):
                     await client.enqueue_many([{"method": METHOD, "args": [n], "queue": QUEUE}
                                                for n in range(low, min(jobs, low + BATCH))])
-            if workload == "drain":
+            if workload == "drain" and process == "worker":
+                workers.append(subprocess.Popen(
+                    ["valgrind", "--tool=callgrind", f"--callgrind-out-file={worker_out}", *WORKER,
+                     "--endpoint_url", dispatcher.url],
+                    stdout=subprocess.DEVNULL, stderr=worker_log, start_new_session=True))
+                await wait_finished(client, jobs, timeout=120 + jobs * 0.1)
+            elif workload == "drain":
                 for _ in range(2):
                     workers.append(subprocess.Popen(
-                        [sys.executable, "-m", "tqueues.cli.worker", "--endpoint_url", dispatcher.url, "--queue", QUEUE,
-                         "--import", "tqueues.examples", "--concurrency", "16", "--prefetch", "128", "--loglevel",
-                         "WARNING"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+                        [*WORKER, "--endpoint_url", dispatcher.url],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
                 await wait_finished(client, jobs, timeout=60 + jobs * 0.05)
             failed = False
         finally:
@@ -162,22 +186,25 @@ async def one_run(workload: str, jobs: int, store: str, pg_admin: str) -> int:
                 worker.send_signal(signal.SIGTERM)
             for worker in workers:
                 try:
-                    worker.wait(timeout=30)
+                    worker.wait(timeout=300 if process == "worker" else 30)   # callgrind is slow to stop
                 except subprocess.TimeoutExpired:
                     os.killpg(worker.pid, signal.SIGKILL)
-            if failed:   # the error on its way out says more than the missing totals
+            if failed or process == "worker":   # on error, that error says more than missing totals
                 dispatcher.proc.kill()
                 dispatcher.proc.wait()
                 dispatcher.log.close()
             else:
                 total = dispatcher.stop()
+            worker_log.close()
+            if not failed and process == "worker":
+                total = callgrind_total(worker_out, worker_log.name)
         return total
 
 
-async def per_job(workload: str, jobs: int, store: str, pg_admin: str) -> float:
+async def per_job(workload: str, jobs: int, store: str, pg_admin: str, process: str = "dispatcher") -> float:
     small = max(1, jobs // 5)
-    low = await one_run(workload, small, store, pg_admin)
-    high = await one_run(workload, jobs, store, pg_admin)
+    low = await one_run(workload, small, store, pg_admin, process)
+    high = await one_run(workload, jobs, store, pg_admin, process)
     return (high - low) / (jobs - small)
 
 
@@ -186,6 +213,8 @@ async def main(argv: list[str]) -> int:
     parser.add_argument("--store", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--workloads", default="batch,one,drain", help="comma-separated: batch, one, drain")
     parser.add_argument("--jobs", type=int, default=5000, help="jobs of the larger run (default 5000)")
+    parser.add_argument("--process", choices=["dispatcher", "worker"], default="dispatcher",
+                        help="whose instructions to count (worker: the drain workload only)")
     parser.add_argument("--pg-admin", default=os.environ.get("BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres"),
                         help="a PostgreSQL URL allowed to create databases (--store postgres)")
     args = parser.parse_args(argv)
@@ -198,16 +227,20 @@ async def main(argv: list[str]) -> int:
     if shutil.which("valgrind") is None:
         print("instructions: valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
         return 1
-    if "drain" in workloads and "batch" not in workloads:
+    if args.process == "worker":
+        if workloads != ["drain"] and args.workloads != parser.get_default("workloads"):
+            parser.error("--process worker: only the drain workload runs a worker")
+        workloads = ["drain"]
+    elif "drain" in workloads and "batch" not in workloads:
         workloads.insert(0, "batch")   # the drain's figure is net of the fill
     figures: dict[str, float] = {}
     for workload in sorted(workloads, key=["batch", "one", "drain"].index):
         print(f"instructions: {workload} on {args.store}…", file=sys.stderr, flush=True)
-        figure = await per_job(workload, args.jobs, args.store, args.pg_admin)
-        figures[workload] = figure - figures["batch"] if workload == "drain" else figure
+        figure = await per_job(workload, args.jobs, args.store, args.pg_admin, args.process)
+        figures[workload] = figure - figures["batch"] if workload == "drain" and args.process == "dispatcher" else figure
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parent, check=False).stdout.strip() or "unknown"
-    print(f"\nDispatcher instructions per job, {args.store}, tqueues at {head} ({args.jobs:,} jobs):\n")
+    print(f"\n{args.process.capitalize()} instructions per job, {args.store}, tqueues at {head} ({args.jobs:,} jobs):\n")
     print("| workload | instructions per job |\n|---|---:|")
     for workload, figure in figures.items():
         print(f"| {workload} | {figure:,.0f} |")
