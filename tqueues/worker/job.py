@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tqueues.worker")
 
+CHILD_START_ALLOWANCE = 60.0   # seconds a child process may take to start a function, beyond its timeout
+
 
 @functools.lru_cache(maxsize=4096)
 def wants_job(fn: Callable[..., Any]) -> bool:
@@ -59,6 +61,7 @@ class Job:
     _halted = False            # cancelled by its timeout or a lost lease
     _stopped = False           # cancelled by the worker shutting down
     _settled = False           # its outcome is known: reported, dropped or left to release
+    _in_child = False          # a plain function run in a child process
 
     def __init__(self, worker: "Worker", doc: dict[str, Any]) -> None:
         self.worker = worker
@@ -112,6 +115,7 @@ class Job:
                     kwargs["tq_parent_job"] = self
                 self._inner = asyncio.ensure_future(fn(*self.args, **kwargs))
             else:
+                self._in_child = self.worker.isolation == "process"
                 self._inner = asyncio.ensure_future(self.worker.run_plain(self, fn, kwargs, pass_job))
 
     async def run(self) -> Any:
@@ -191,9 +195,20 @@ class Job:
         assert inner is not None
         inner.add_done_callback(self._function_done)
         if self.timeout is not None:
-            self._timer(self.timeout, self._halt)
+            # In a child process the timeout counts from the function's start (function_started):
+            # the first child of a worker may take a while to start. Until then, a generous bound.
+            self._timer(self.timeout + (CHILD_START_ALLOWANCE if self._in_child else 0), self._halt)
         if self.lost:
             self._halt()
+
+    def function_started(self) -> None:
+        """The child process began running the function: its timeout counts from now."""
+        if self._ended is None or self.timeout is None or self._halted or self._stopped or self._settled:
+            return
+        for timer in self._timers or ():
+            timer.cancel()
+        self._timers = None
+        self._timer(self.timeout, self._halt)
 
     def cancel(self, grace: float) -> None:
         """Stop a supervised attempt for a worker shutting down: cancel the function and give

@@ -84,6 +84,7 @@ def _child_main(conn: multiprocessing.connection.Connection) -> None:
             answer: tuple[Any, ...] = ("error", type(exc).__name__, str(exc), traceback.format_exc())
         else:
             sink = capture.LogSink(info["attempt"], lambda line: conn.send(("log", line)))
+            conn.send(("started",))   # the job's timeout counts from here, not from the child's start-up
             with capture.capturing(sink):
                 try:
                     if pass_job:
@@ -135,7 +136,7 @@ class ProcessPool:
 
     async def run(self, fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], info: dict[str, Any],
                   pass_job: bool, on_update: Callable[[dict[str, Any]], None],
-                  on_log: Callable[[dict[str, Any]], None]) -> Any:
+                  on_log: Callable[[dict[str, Any]], None], on_start: Callable[[], None] | None = None) -> Any:
         """Run ``fn`` in a child; its result, or RemoteError / ChildDied. Cancelling kills the child."""
         try:
             payload = pickle.dumps((fn, args, kwargs, info, pass_job))
@@ -158,6 +159,10 @@ class ProcessPool:
                         raise ChildDied(f"the job's process exited with code {child.process.exitcode} before it answered") from None
                     if message[0] == "log":
                         on_log(message[1])
+                        continue
+                    if message[0] == "started":
+                        if on_start is not None:
+                            on_start()
                         continue
                     if message[0] == "update":
                         on_update(message[1])

@@ -307,7 +307,7 @@ class Worker:
             updates.append(asyncio.ensure_future(_quiet(job.update(data), after=previous)))
 
         try:
-            return await self._pool.run(fn, job.args, kwargs, info, pass_job, on_update, job.log_line)
+            return await self._pool.run(fn, job.args, kwargs, info, pass_job, on_update, job.log_line, job.function_started)
         finally:
             if updates:   # the job's updates land before its outcome is reported
                 await asyncio.wait(updates)
