@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import ssl
 import threading
-import time
 from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping, TypeVar
 
 import aiohttp

@@ -76,6 +76,7 @@ JOB_FIELDS = frozenset({
     "queue", "method", "args", "kwargs", "priority", "run_at", "delay", "max_attempts",
     "timeout", "key", "backoff", "data", "secrets",
 })
+_BASIC_FIELDS = frozenset({"queue", "method", "args", "kwargs"})
 REDACTED = "***"
 
 
@@ -106,19 +107,27 @@ def new_id() -> str:
     Ids made later sort later, so the indexes keyed by job id (executions, events, the id
     itself) grow at their end instead of being written at random pages.
     """
+    return new_ids(1)[0]
+
+
+def new_ids(count: int) -> list[str]:
+    """``count`` new job ids (see new_id), in the order they were made: one clock reading
+    and one draw of random bytes for a whole batch."""
     global _last_ms, _counter, _random, _random_at
     with _id_lock:
         ms = time.time_ns() // 1_000_000
-        if ms == _last_ms:
-            _counter = (_counter + 1) & 0xFFFF
-        else:
-            _last_ms, _counter = ms, 0
-        counter = _counter
-        if _random_at >= len(_random):
-            _random, _random_at = os.urandom(RANDOM_CHUNK), 0
-        tail = _random[_random_at:_random_at + 8]
-        _random_at += 8
-    return f"{ms:012x}{counter:04x}{tail.hex()}"
+        if ms != _last_ms:
+            _last_ms, _counter = ms, -1
+        first = _counter + 1
+        # Past 65,536 ids in one millisecond the counter wraps (the random part keeps them unique).
+        _counter = (_counter + count) & 0xFFFF
+        need = 8 * count
+        if _random_at + need > len(_random):
+            _random, _random_at = os.urandom(max(RANDOM_CHUNK, need)), 0
+        tail = _random[_random_at:_random_at + need].hex()
+        _random_at += need
+    prefix = f"{ms:012x}"
+    return [f"{prefix}{(first + i) & 0xFFFF:04x}{tail[16 * i:16 * i + 16]}" for i in range(count)]
 
 
 # --------------------------------------------------------------------------- JSON
@@ -158,10 +167,16 @@ def to_jsonable(value: Any) -> Any:
 def json_text(value: Any) -> str:
     """The JSON text of ``value``, or of its ``repr`` when JSON cannot carry it: what
     ``dumps_str(to_jsonable(value))`` gives, serialising once."""
+    return jsonable_text(value)[1]
+
+
+def jsonable_text(value: Any) -> tuple[Any, str]:
+    """``to_jsonable(value)`` and its JSON text, serialising once."""
     try:
-        return dumps(value).decode()
+        return value, dumps(value).decode()
     except TypeError:
-        return dumps(repr(value)).decode()
+        value = repr(value)
+        return value, dumps(value).decode()
 
 
 # --------------------------------------------------------------------------- validation
@@ -253,54 +268,62 @@ class NewJob:
     @classmethod
     def from_json(cls, obj: Any, *, default_queue: str | None = None) -> "NewJob":
         """Validate one job object as sent by a producer; raise InvalidRequest naming the field."""
-        if not isinstance(obj, Mapping):
-            raise InvalidRequest("a job must be a JSON object")
-        unknown = set(obj) - JOB_FIELDS
-        if unknown:
-            raise InvalidRequest(f"unknown job field(s): {', '.join(sorted(map(str, unknown)))}", field=sorted(map(str, unknown))[0])
-        queue = obj.get("queue", default_queue)
+        if type(obj) is not dict:   # what JSON decodes to; any other mapping is read as one
+            if not isinstance(obj, Mapping):
+                raise InvalidRequest("a job must be a JSON object")
+            obj = dict(obj)
+        if not JOB_FIELDS.issuperset(obj):
+            unknown = sorted(map(str, set(obj) - JOB_FIELDS))
+            raise InvalidRequest(f"unknown job field(s): {', '.join(unknown)}", field=unknown[0])
+        get = obj.get
+        queue = get("queue", default_queue)
         if queue is None:
             raise _bad("queue", "is required")
-        job = cls(queue=check_queue(queue), method=check_method(obj.get("method")))
-        args = obj.get("args", [])
-        if isinstance(args, tuple):
+        queue = check_queue(queue)
+        method = check_method(get("method"))
+        args = get("args")
+        if args is None and "args" not in obj:
+            args = []
+        elif type(args) is not list:
+            if not isinstance(args, (list, tuple)):
+                raise _bad("args", "a JSON array is required")
             args = list(args)
-        if not isinstance(args, list):
-            raise _bad("args", "a JSON array is required")
-        job.args = args
-        kwargs = obj.get("kwargs", {})
+        kwargs = get("kwargs")
         if kwargs is None:
             kwargs = {}
-        if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
-            raise _bad("kwargs", "a JSON object is required")
-        if "tq_parent_job" in kwargs:
+        elif type(kwargs) is not dict or not all(type(k) is str for k in kwargs):
+            if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+                raise _bad("kwargs", "a JSON object is required")
+        if kwargs and "tq_parent_job" in kwargs:
             raise _bad("kwargs", "'tq_parent_job' is reserved for the worker")
-        job.kwargs = kwargs
-        if obj.get("priority") is not None:
+        job = cls(queue, method, args, kwargs)
+        if _BASIC_FIELDS.issuperset(obj):
+            return job   # the usual job: nothing else to check
+        if get("priority") is not None:
             job.priority = _integer(obj["priority"], "priority", -MAX_PRIORITY, MAX_PRIORITY)
-        if obj.get("run_at") is not None and obj.get("delay") is not None:
+        if get("run_at") is not None and get("delay") is not None:
             raise InvalidRequest("give run_at or delay, not both", field="delay")
-        if obj.get("run_at") is not None:
+        if get("run_at") is not None:
             job.run_at = parse_time(obj["run_at"], "run_at")
-        elif obj.get("delay") is not None:
+        elif get("delay") is not None:
             job.run_at = now() + _number(obj["delay"], "delay", minimum=0, maximum=10 * 365 * 86400)
-        if obj.get("max_attempts") is not None:
+        if get("max_attempts") is not None:
             job.max_attempts = _integer(obj["max_attempts"], "max_attempts", 1, MAX_ATTEMPTS)
-        if obj.get("timeout") is not None:
+        if get("timeout") is not None:
             job.timeout = _number(obj["timeout"], "timeout", minimum=0.001, maximum=30 * 86400)
-        if obj.get("backoff") is not None:
+        if get("backoff") is not None:
             job.backoff = _number(obj["backoff"], "backoff", minimum=0, maximum=MAX_BACKOFF)
-        key = obj.get("key")
+        key = get("key")
         if key is not None:
             if not isinstance(key, str) or not key or len(key) > MAX_KEY_LEN:
                 raise _bad("key", f"a string of 1-{MAX_KEY_LEN} characters is required")
             job.key = key
-        secrets = obj.get("secrets")
+        secrets = get("secrets")
         if secrets is not None:
             if not isinstance(secrets, list) or not all(isinstance(k, str) for k in secrets) or len(secrets) > 100:
                 raise _bad("secrets", "a list of keyword-argument names is required")
             job.secrets = sorted(set(secrets))
-        data = obj.get("data")
+        data = get("data")
         if data is not None:
             if not isinstance(data, dict):
                 raise _bad("data", "a JSON object is required")

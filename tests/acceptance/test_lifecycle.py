@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from acceptance.conftest import Cluster, wait_for
+from support.procs import Proc
 
 from tqueues import Client
 
@@ -19,6 +20,21 @@ RECORD = "support.jobs:record"
 
 async def wait_all(client: Client, ids: list[str], timeout: float) -> list[dict]:
     return list(await asyncio.gather(*(client.wait(i, timeout=timeout) for i in ids)))
+
+
+async def wait_started(client: Client, ids: list[str], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while [(await client.get(i))["status"] for i in ids] != ["started"] * len(ids):
+        assert time.monotonic() < deadline, "the jobs never started"
+        await asyncio.sleep(0.05)
+
+
+def sigterm(worker: Proc, timeout: float) -> tuple[int, float]:
+    """Send the worker SIGTERM; its exit code and the seconds it took to exit."""
+    started = time.monotonic()
+    worker.popen.send_signal(signal.SIGTERM)
+    code = worker.popen.wait(timeout)
+    return code, time.monotonic() - started
 
 
 async def test_given_two_worker_processes_when_1000_jobs_flow_then_each_finishes_exactly_once(cluster: Cluster) -> None:
@@ -110,6 +126,24 @@ async def test_given_hung_functions_then_each_is_stopped_at_its_timeout_and_the_
     assert time.monotonic() - started < 25
 
 
+async def test_given_a_plain_job_whose_child_is_slow_to_start_then_its_timeout_counts_from_its_start(
+        cluster: Cluster) -> None:
+    url = cluster.start_dispatcher()
+    cluster.worker("slowstart", concurrency=1, imports=("support.slow_import_jobs",))
+    async with Client(url) as client:
+        # Given a plain job with a timeout shorter than its new child's start-up (importing the
+        # function's module takes 1.5 s there) but far longer than the function itself
+        job = await client.enqueue("support.slow_import_jobs:whose_pid", 7, queue="slowstart", timeout=1.0,
+                                   max_attempts=1)
+        # When it runs
+        done = await client.wait(job["id"], timeout=60)
+    # Then it finished: the start-up did not count against its timeout, though the attempt took longer
+    assert done["status"] == "finished", done["error"]
+    value, pid = done["result"]
+    assert value == 7 and pid != cluster.procs[-1].popen.pid
+    assert done["finished_at"] - done["started_at"] >= 1.5
+
+
 async def test_given_a_coroutine_ignoring_cancellation_then_it_is_abandoned_after_the_stop_grace_and_fails_timed_out(
         cluster: Cluster) -> None:
     url = cluster.start_dispatcher()
@@ -182,10 +216,7 @@ async def test_given_sigterm_with_jobs_in_flight_then_the_worker_finishes_or_rel
         long = await client.enqueue("support.jobs:slow_record", cluster.ledger, 60, queue="term")
         wait_for(lambda: sum(1 for l in cluster.ledger_lines() if l[0] == "start") >= 2, 20, "jobs never started")
         # When the worker gets SIGTERM
-        started = time.monotonic()
-        worker.popen.send_signal(signal.SIGTERM)
-        code = worker.popen.wait(20)
-        elapsed = time.monotonic() - started
+        code, elapsed = sigterm(worker, 20)
         # Then it exits 0 within the grace period (plus a little to report)
         assert code == 0, worker.output()
         assert elapsed < 8
@@ -205,10 +236,7 @@ async def test_given_hung_plain_jobs_past_the_grace_period_then_sigterm_stops_th
         # Given two plain functions that never return, running in child processes
         jobs = [await client.enqueue("support.jobs:sleep_forever", queue="hungterm"),
                 await client.enqueue("support.jobs:spin_forever", queue="hungterm")]
-        deadline = time.monotonic() + 20
-        while [(await client.get(j["id"]))["status"] for j in jobs] != ["started"] * 2:
-            assert time.monotonic() < deadline, "the jobs never started"
-            await asyncio.sleep(0.05)
+        await wait_started(client, [j["id"] for j in jobs])
         await asyncio.sleep(0.5)
         # When the worker gets SIGTERM and its grace period runs out
         assert worker.terminate() == 0, worker.output()
@@ -226,15 +254,9 @@ async def test_given_sigterm_with_a_coroutine_ignoring_cancellation_then_it_is_a
     async with Client(url) as client:
         # Given a running coroutine that swallows cancellation
         job = await client.enqueue("support.jobs:hang_stubbornly", cluster.ledger, queue="term-stubborn")
-        for _ in range(100):
-            if (await client.get(job["id"]))["status"] == "started":
-                break
-            await asyncio.sleep(0.1)
+        await wait_started(client, [job["id"]])
         # When the worker gets SIGTERM
-        started = time.monotonic()
-        worker.popen.send_signal(signal.SIGTERM)
-        code = worker.popen.wait(30)
-        elapsed = time.monotonic() - started
+        code, elapsed = sigterm(worker, 30)
         # Then after its grace the coroutine was cancelled, then abandoned, and the worker exited 0
         assert code == 0, worker.output()
         assert elapsed < 12

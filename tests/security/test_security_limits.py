@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import json
-import os
 import ssl
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Awaitable, Callable
 
 import aiohttp
 import pytest
-from support.procs import env, free_port, start_dispatcher, start_worker, wait_healthy
+from support.procs import env, free_port, start_dispatcher, start_worker
 from support.server import Server
 
 from tqueues import Client

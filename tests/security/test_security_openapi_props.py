@@ -13,13 +13,12 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support.procs import Proc, start_dispatcher
+from support.procs import start_dispatcher
 
 from tqueues.dispatcher.openapi import OPENAPI
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Awaitable, Callable
+
 import asyncpg
 import pytest
+from support.events import check_event_forms
 
 from tqueues import models
 from tqueues.store import open_store
-from tqueues.store.base import Outcome
+from tqueues.store.base import Outcome, Store
 from tqueues.store.postgres import SCHEMA_VERSION
 
 
@@ -36,18 +40,33 @@ async def as_version(url: str, version: int, *statements: str) -> None:
         await conn.close()
 
 
-async def test_given_a_version_3_database_when_opened_then_it_is_migrated_to_the_delayed_jobs_index(db_url: str) -> None:
-    store = open_store(db_url)
-    await store.open()
-    await store.enqueue([models.NewJob(queue="q", method="m:f", run_at=models.now() + 60)])
-    await store.close()
-    # Given the schema as tqueues left it at version 3
-    await as_version(db_url, 3, "DROP INDEX tqueues_jobs_delayed",
-                     "CREATE INDEX tqueues_jobs_next ON tqueues_jobs (queue, run_at) WHERE status = 'pending'")
-    # When this tqueues opens it
-    store = open_store(db_url)
+@asynccontextmanager
+async def opened_after(url: str, version: int, *statements: str,
+                       before: Callable[[Store], Awaitable[Any]] | None = None) -> AsyncIterator[Store]:
+    """A store opened by this tqueues on a database turned back into what tqueues left at
+    ``version`` (see as_version); ``before`` runs on the store that made it, first."""
+    store = open_store(url)
     await store.open()
     try:
+        if before is not None:
+            await before(store)
+    finally:
+        await store.close()
+    await as_version(url, version, *statements)
+    store = open_store(url)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def test_given_a_version_3_database_when_opened_then_it_is_migrated_to_the_delayed_jobs_index(db_url: str) -> None:
+    # Given the schema as tqueues left it at version 3, holding a delayed job; when this tqueues opens it
+    async with opened_after(db_url, 3, "DROP INDEX tqueues_jobs_delayed",
+                            "CREATE INDEX tqueues_jobs_next ON tqueues_jobs (queue, run_at) WHERE status = 'pending'",
+                            before=lambda store: store.enqueue([models.NewJob(queue="q", method="m:f",
+                                                                              run_at=models.now() + 60)])) as store:
         # Then it is at the current version, with the new index in place of the old one
         names = await index_names(db_url)
         assert "tqueues_jobs_next" not in names and "tqueues_jobs_delayed" in names
@@ -55,21 +74,12 @@ async def test_given_a_version_3_database_when_opened_then_it_is_migrated_to_the
         assert await conn.fetchval("SELECT value FROM tqueues_meta WHERE key = 'schema_version'") == str(SCHEMA_VERSION)
         await conn.close()
         assert await store.next_run_at(["q"]) is not None
-    finally:
-        await store.close()
 
 
 async def test_given_a_version_4_database_when_opened_then_keys_are_unique_through_a_partial_index(db_url: str) -> None:
-    store = open_store(db_url)
-    await store.open()
-    await store.close()
     # Given the schema as tqueues left it at version 4: a UNIQUE constraint on the key column
-    await as_version(db_url, 4, "DROP INDEX tqueues_jobs_key",
-                     "ALTER TABLE tqueues_jobs ADD CONSTRAINT tqueues_jobs_key_key UNIQUE (key)")
-    # When this tqueues opens it
-    store = open_store(db_url)
-    await store.open()
-    try:
+    async with opened_after(db_url, 4, "DROP INDEX tqueues_jobs_key",
+                            "ALTER TABLE tqueues_jobs ADD CONSTRAINT tqueues_jobs_key_key UNIQUE (key)") as store:
         # Then only jobs with a key have an entry in the key index, and a key is still taken once
         names = await index_names(db_url)
         assert "tqueues_jobs_key_key" not in names and "tqueues_jobs_key" in names
@@ -81,21 +91,12 @@ async def test_given_a_version_4_database_when_opened_then_keys_are_unique_throu
         [(again, created_again)] = await store.enqueue([models.NewJob(queue="q", method="m:f", key="once")])
         assert created and not created_again and again["id"] == first["id"]
         await store.enqueue([models.NewJob(queue="q", method="m:f"), models.NewJob(queue="q", method="m:f")])
-    finally:
-        await store.close()
 
 
 async def test_given_a_version_5_database_when_opened_then_the_queue_status_index_ends_with_seq(db_url: str) -> None:
-    store = open_store(db_url)
-    await store.open()
-    await store.close()
     # Given the schema as tqueues left it at version 5: an index of (queue, status)
-    await as_version(db_url, 5, "DROP INDEX tqueues_jobs_queue_status_seq",
-                     "CREATE INDEX tqueues_jobs_queue_status ON tqueues_jobs (queue, status)")
-    # When this tqueues opens it
-    store = open_store(db_url)
-    await store.open()
-    try:
+    async with opened_after(db_url, 5, "DROP INDEX tqueues_jobs_queue_status_seq",
+                            "CREATE INDEX tqueues_jobs_queue_status ON tqueues_jobs (queue, status)") as store:
         # Then the index of (queue, status, seq) has replaced it
         names = await index_names(db_url)
         assert "tqueues_jobs_queue_status" not in names and "tqueues_jobs_queue_status_seq" in names
@@ -109,23 +110,14 @@ async def test_given_a_version_5_database_when_opened_then_the_queue_status_inde
         assert definition.endswith("(queue, status, seq)")
         [queue] = [q for q in await store.queues() if q["name"] == "q"]
         assert queue["oldest_pending"] == pytest.approx(second["created_at"]) and queue["counts"]["started"] == 1
-    finally:
-        await store.close()
 
 
 async def test_given_a_version_6_database_when_opened_then_events_ts_is_a_brin_index_and_executions_leave_room(
         db_url: str) -> None:
-    store = open_store(db_url)
-    await store.open()
-    await store.close()
     # Given the schema as tqueues left it at version 6: a B-tree of events.ts, executions packed full
-    await as_version(db_url, 6, "DROP INDEX tqueues_events_ts_brin",
-                     "CREATE INDEX tqueues_events_ts ON tqueues_events (ts)",
-                     "ALTER TABLE tqueues_executions RESET (fillfactor)")
-    # When this tqueues opens it
-    store = open_store(db_url)
-    await store.open()
-    try:
+    async with opened_after(db_url, 6, "DROP INDEX tqueues_events_ts_brin",
+                            "CREATE INDEX tqueues_events_ts ON tqueues_events (ts)",
+                            "ALTER TABLE tqueues_executions RESET (fillfactor)") as store:
         conn = await asyncpg.connect(db_url)
         try:
             indexes = {r["indexname"]: r["indexdef"] for r in await conn.fetch(
@@ -144,34 +136,30 @@ async def test_given_a_version_6_database_when_opened_then_events_ts_is_a_brin_i
         assert await store.prune(0) == 1
         remaining = await store.events_since(0)
         assert len(remaining) == 1 and remaining[0]["kind"] == models.EV_FINISHED
-    finally:
-        await store.close()
 
 
 async def test_job_events_are_stored_as_value_arrays_and_events_written_as_objects_still_read(db_url: str) -> None:
     store = open_store(db_url)
     await store.open()
-    try:
-        # Given a job event written now, and a job event as an older tqueues wrote it (an object)
-        [(job, _)] = await store.enqueue([models.NewJob(queue="q", method="m:f", args=[1, {"k": "v"}])])
-        await store.register_worker({"id": "w1", "queues": ["q"]})
-        old = dict(job, status="started")
+
+    async def write_old_event(job: dict[str, Any], old: dict[str, Any]) -> None:
         conn = await asyncpg.connect(db_url)
         try:
             last = await conn.fetchval("SELECT MAX(seq) FROM tqueues_events")
             await conn.execute("INSERT INTO tqueues_events (seq, ts, kind, queue, job_id, doc)"
                                " VALUES ($1, $2, 'job.started', 'q', $3, $4::jsonb)",
                                last + 1, models.now(), job["id"], models.dumps_str(old))
-            kind = await conn.fetchval("SELECT jsonb_typeof(doc) FROM tqueues_events WHERE kind = 'job.created'")
         finally:
             await conn.close()
-        # Then the new row holds the job's values as an array, not an object of its keys
-        assert kind == "array"
-        # And every event reads back as the document it was written with, whichever the form
-        events = await store.events_since(0)
-        assert [e["kind"] for e in events] == ["job.created", models.EV_WORKER, "job.started"]
-        assert events[0]["new_val"] == job
-        assert events[1]["new_val"]["id"] == "w1"
-        assert events[2]["new_val"] == old
+
+    async def created_is_array() -> bool:
+        conn = await asyncpg.connect(db_url)
+        try:
+            return await conn.fetchval("SELECT jsonb_typeof(doc) FROM tqueues_events WHERE kind = 'job.created'") == "array"
+        finally:
+            await conn.close()
+
+    try:
+        await check_event_forms(store, write_old_event, created_is_array)
     finally:
         await store.close()

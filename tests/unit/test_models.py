@@ -31,11 +31,35 @@ def test_given_a_minimal_job_when_parsed_then_defaults_apply() -> None:
     ({"queue": "q", "method": "m:f", "key": ""}, "key"),
     ({"queue": "q", "method": "m:f", "colour": "red"}, "colour"),
     ({"queue": "q", "method": "m:f", "kwargs": {"tq_parent_job": 1}}, "kwargs"),
+    ({"queue": "q", "method": "m:f", "args": None}, "args"),
+    ({"queue": "q", "method": "m:f", "args": "1, 2"}, "args"),
+    ({"queue": "q", "method": "m:f", "kwargs": {1: "a"}}, "kwargs"),
+    ({"queue": "q", "method": "m:f", "kwargs": "a=1"}, "kwargs"),
+    ({"queue": "q", "method": "m:f", "data": [1]}, "data"),
+    ({"queue": "q", "method": "m:f", "secrets": "token"}, "secrets"),
+    ({"queue": "q", "method": "m:f", "run_at": 1, "delay": 1}, "delay"),
+    ({"queue": 7, "method": "m:f"}, "queue"),
+    ({"queue": "q", "method": None}, "method"),
 ])
 def test_given_a_bad_field_when_parsed_then_the_error_names_it(body: dict, field: str) -> None:
     with pytest.raises(InvalidRequest) as caught:
         models.NewJob.from_json(body)
     assert caught.value.details.get("field") == field
+
+
+def test_given_other_shapes_of_a_job_then_they_parse_as_the_json_object_would() -> None:
+    # A tuple of arguments, null kwargs, and any mapping (not only a dict) are accepted.
+    from collections import OrderedDict
+    job = models.NewJob.from_json(OrderedDict(queue="q", method="m:f", args=(1, 2), kwargs=None))
+    assert (job.queue, job.method, job.args, job.kwargs) == ("q", "m:f", [1, 2], {})
+    job = models.NewJob.from_json({"method": "m:f", "kwargs": {"a": 1}, "priority": None, "data": {"d": 1},
+                                   "secrets": ["a", "a"]}, default_queue="dq")
+    assert (job.queue, job.kwargs, job.priority, job.data, job.secrets) == ("dq", {"a": 1}, 0, {"d": 1}, ["a"])
+    with pytest.raises(InvalidRequest, match="a job must be a JSON object"):
+        models.NewJob.from_json([("queue", "q")])
+    # Jobs parsed alike never share their default containers.
+    first, second = models.parse_jobs([{"queue": "q", "method": "m:f"}, {"queue": "q", "method": "m:f"}])[0]
+    assert first.args is not second.args and first.kwargs is not second.kwargs and first.data is not second.data
 
 
 def test_given_a_batch_with_one_bad_job_then_the_error_names_its_index() -> None:
@@ -88,3 +112,17 @@ def test_job_ids_are_unique_time_ordered_hex_and_not_shared_with_a_forked_child(
     os.close(read)
     os.close(write)
     assert child_tail != models.new_id()[16:]
+
+
+def test_job_ids_drawn_many_at_once_are_unique_ordered_and_follow_single_ones() -> None:
+    before = models.new_id()
+    batches = [models.new_ids(n) for n in (1, 5, 1000, 3)]
+    after = models.new_id()
+    ids = [before, *[i for batch in batches for i in batch], after]
+    assert [len(batch) for batch in batches] == [1, 5, 1000, 3]
+    assert len(set(ids)) == len(ids)
+    assert ids == sorted(ids)
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    # A batch larger than the buffer of random bytes still gets 64 fresh bits per id.
+    big = models.new_ids(models.RANDOM_CHUNK)
+    assert len({i[16:] for i in big}) == len(big)

@@ -53,14 +53,14 @@ EXECUTION_KEYS = ("job_id", "attempt", "worker", "status", "started_at", "finish
 # of JOB_KEYS adds a shape; the old ones stay readable.
 EVENT_SHAPES: dict[int, tuple[str, ...]] = {1: JOB_KEYS}
 EVENT_SHAPE = 1
-_JOB_VALUES = operator.itemgetter(*JOB_KEYS)
+JOB_VALUES = operator.itemgetter(*JOB_KEYS)   # a job document's values, in JOB_KEYS order
 
 
 def stored_event_doc(doc: Any) -> Any:
     """What an event row stores for ``doc``: a job document as its shape's array of values."""
     if type(doc) is dict and len(doc) == len(JOB_KEYS):
         try:   # as many keys as a job, and every key of a job: a job document
-            return [EVENT_SHAPE, *_JOB_VALUES(doc)]
+            return [EVENT_SHAPE, *JOB_VALUES(doc)]
         except KeyError:
             pass
     return doc
@@ -94,10 +94,11 @@ class Outcome:
     retry: bool = True
 
 
-def new_job(spec: models.NewJob, now: float) -> dict[str, Any]:
-    """The document of a job about to be inserted (every backend stores exactly this)."""
+def new_job(spec: models.NewJob, now: float, job_id: str | None = None) -> dict[str, Any]:
+    """The document of a job about to be inserted (every backend stores exactly this), with
+    ``job_id`` or a new id."""
     return {
-        "id": models.new_id(), "queue": spec.queue, "method": spec.method,
+        "id": job_id or models.new_id(), "queue": spec.queue, "method": spec.method,
         "args": spec.args, "kwargs": spec.kwargs, "status": models.PENDING,
         "priority": spec.priority, "run_at": spec.run_at if spec.run_at is not None else now,
         "attempts": 0, "max_attempts": spec.max_attempts, "timeout": spec.timeout,

@@ -34,7 +34,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from .. import models
 from ..errors import ConfigurationError, Conflict, JobNotFound, LeaseConflict, StoreUnavailable, TQueuesError
-from .base import (JOB_KEYS, Outcome, Store, conflict, event_doc, new_job, ok, redact, stored_event_doc, token_not_found,
+from .base import (JOB_KEYS, JOB_VALUES, Outcome, Store, conflict, event_doc, new_job, ok, redact, stored_event_doc, token_not_found,
                    worker_not_found)
 
 try:  # imported lazily by open_store; the module itself needs the driver
@@ -546,14 +546,15 @@ class PostgresStore(Store):
                 for row in await conn.fetch(f"SELECT {COLS} FROM tqueues_jobs WHERE key = ANY($1::text[])", keys):
                     existing[row["key"]] = row_to_job(row)
             rows = []
+            ids = models.new_ids(len(jobs))
             for index, spec in enumerate(jobs):
                 if spec.key is not None and spec.key in existing:
                     out[index] = (existing[spec.key], False)
                     continue
-                doc = new_job(spec, now)
+                doc = new_job(spec, now, ids[index])
                 if spec.key is not None:
                     existing[spec.key] = doc
-                rows.append(tuple(doc[k] for k in JOB_KEYS))
+                rows.append(JOB_VALUES(doc))
                 out[index] = (doc, True)
                 tx.emit(models.EV_CREATED, doc)
             await self._ensure_queues(tx, {spec.queue for spec in jobs}, now)
@@ -728,7 +729,7 @@ class PostgresStore(Store):
             rows = await conn.fetch(f"SELECT {COLS} FROM tqueues_jobs WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE", ids)
             jobs = {row["id"]: row_to_job(row) for row in rows}
             out: list[dict[str, Any]] = []
-            finished: list[tuple[str, Any, int]] = []
+            finished: list[tuple[str, str, int]] = []   # id, result as JSON text, attempt
 
             async def flush() -> None:
                 if not finished:
@@ -741,7 +742,7 @@ class PostgresStore(Store):
                     "   lease_expires = NULL, finished_at = $1, updated_at = $1 FROM f WHERE j.id = f.id)"
                     " UPDATE tqueues_executions e SET status = 'finished', finished_at = $1"
                     " FROM f WHERE e.job_id = f.id AND e.attempt = f.attempt",
-                    now, [f[0] for f in finished], [models.dumps_str(f[1]) for f in finished], [f[2] for f in finished])
+                    now, [f[0] for f in finished], [f[1] for f in finished], [f[2] for f in finished])
                 finished.clear()
 
             for outcome in outcomes:
@@ -756,10 +757,10 @@ class PostgresStore(Store):
                     out.append(result)
                     continue
                 assert job is not None
-                value = models.to_jsonable(outcome.result)
+                value, text = models.jsonable_text(outcome.result)
                 new = {**job, "status": models.FINISHED, "result": value, "error": None, "lease": None,
                        "lease_expires": None, "finished_at": now, "updated_at": now}
-                finished.append((outcome.id, value, job["attempts"]))
+                finished.append((outcome.id, text, job["attempts"]))
                 jobs[outcome.id] = new
                 tx.emit(models.EV_FINISHED, new)
                 out.append(ok(new))
