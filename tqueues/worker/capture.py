@@ -30,11 +30,14 @@ _done = False
 class LogSink:
     """Turns writes into lines ``{"attempt", "stream", "line", "ts"}`` passed to ``emit``."""
 
+    # One lock for every sink: output is rare next to jobs, and a worker makes thousands of
+    # sinks a second (one per attempt).
+    _lock = threading.Lock()
+
     def __init__(self, attempt: int, emit: Emit) -> None:
         self.attempt = attempt
         self._emit = emit
         self._partial: dict[str, str] = {}
-        self._lock = threading.Lock()
 
     def write(self, stream: str, text: str) -> None:
         with self._lock:

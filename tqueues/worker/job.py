@@ -16,6 +16,7 @@ import functools
 import inspect
 import logging
 import traceback
+import types
 from typing import TYPE_CHECKING, Any, Callable
 
 from .. import models
@@ -69,13 +70,16 @@ class Job:
         self.id: str = doc["id"]
         self.queue: str = doc["queue"]
         self.method: str = doc["method"]
-        self.args: list[Any] = list(doc.get("args") or [])
-        self.kwargs: dict[str, Any] = dict(doc.get("kwargs") or {})
+        # The document is this job's own (decoded from the claim's answer): its containers are
+        # used as they are, not copied.
+        args, kwargs, data = doc.get("args"), doc.get("kwargs"), doc.get("data")
+        self.args: list[Any] = args if type(args) is list else list(args or [])
+        self.kwargs: dict[str, Any] = kwargs if type(kwargs) is dict else dict(kwargs or {})
         self.attempt: int = doc["attempts"]
         self.max_attempts: int = doc.get("max_attempts", 1)
         self.lease: str = doc["lease"]
         self.timeout: float | None = doc.get("timeout") or worker.default_timeout
-        self.data: dict[str, Any] = dict(doc.get("data") or {})
+        self.data: dict[str, Any] = data if type(data) is dict else dict(data or {})
 
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.method} attempt {self.attempt}>"
@@ -113,7 +117,10 @@ class Job:
             if is_async(fn):
                 if pass_job:
                     kwargs["tq_parent_job"] = self
-                self._inner = asyncio.ensure_future(fn(*self.args, **kwargs))
+                work = fn(*self.args, **kwargs)
+                # A coroutine (the usual) becomes a task directly; other awaitables through ensure_future.
+                self._inner = (asyncio.get_running_loop().create_task(work) if type(work) is types.CoroutineType
+                               else asyncio.ensure_future(work))
             else:
                 self._in_child = self.worker.isolation == "process"
                 self._inner = asyncio.ensure_future(self.worker.run_plain(self, fn, kwargs, pass_job))
