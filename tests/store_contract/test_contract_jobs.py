@@ -76,6 +76,32 @@ async def test_given_a_batch_when_enqueued_then_each_job_is_returned_in_order_wi
     assert {q["name"] for q in await store.queues()} == {"a", "b"}
 
 
+async def test_given_a_batch_of_jobs_unlike_each_other_when_enqueued_then_each_is_stored_as_its_own(store: Store) -> None:
+    # Given one batch in which every field differs from job to job, empty and null values included
+    now = models.now()
+    batch = [
+        spec("a", "m.one:f"),
+        spec("b", "m.two:g", args=[1, "two", {"three": [3.5, None]}], kwargs={"k": {"n": [1]}, "token": "s"},
+             priority=-3, run_at=now + 3600, max_attempts=9, timeout=0.25, key="k-1", backoff=7.5,
+             data={"progress": 0.5}, secrets=["token"]),
+        spec("a", "m.three:h", args=[[]], kwargs={"e": {}}, priority=12, timeout=None, key="k-2", data={"d": []}),
+    ]
+
+    # When it is enqueued
+    out = await store.enqueue(batch)
+
+    # Then each stored job is exactly the document returned for it, with its own values
+    assert all(created for _, created in out)
+    for (job, _), given in zip(out, batch):
+        assert await store.get(job["id"]) == job
+        assert (job["queue"], job["method"], job["args"], job["kwargs"], job["priority"], job["max_attempts"],
+                job["timeout"], job["key"], job["backoff"], job["data"], job["status"], job["attempts"]) == (
+            given.queue, given.method, given.args, given.kwargs, given.priority, given.max_attempts,
+            given.timeout, given.key, given.backoff, given.data, models.PENDING, 0)
+    assert out[1][0]["run_at"] == pytest.approx(now + 3600) and out[1][0]["secrets"] == ["token"]
+    assert out[0][0]["secrets"] is None and out[0][0]["lease"] is None and out[0][0]["finished_at"] is None
+
+
 async def test_given_an_empty_batch_when_enqueued_then_nothing_happens(store: Store) -> None:
     # When an empty batch is enqueued
     out = await store.enqueue([])

@@ -34,7 +34,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from .. import models
 from ..errors import ConfigurationError, Conflict, JobNotFound, LeaseConflict, StoreUnavailable, TQueuesError
-from .base import (JOB_KEYS, JOB_VALUES, Outcome, Store, conflict, event_doc, new_job, ok, redact, stored_event_doc, token_not_found,
+from .base import (JOB_KEYS, Outcome, Store, conflict, event_doc, new_job, ok, redact, stored_event_doc, token_not_found,
                    worker_not_found)
 
 try:  # imported lazily by open_store; the module itself needs the driver
@@ -206,6 +206,38 @@ def _disconnected(exc: BaseException) -> bool:
 
 def _unavailable(exc: BaseException) -> StoreUnavailable:
     return StoreUnavailable(f"PostgreSQL is unreachable: {type(exc).__name__}: {exc}")
+
+
+# New jobs go in as one INSERT ... SELECT over column arrays (a statement per batch, not per
+# row: a tenth of the server's work per job); the columns every new job has alike are constants.
+# ORDER BY keeps the batch's order in seq, which claims follow.
+_NEW_JOB_ARRAYS = (("id", "text"), ("queue", "text"), ("method", "text"), ("args", "text"), ("kwargs", "text"),
+                   ("priority", "int"), ("run_at", "float8"), ("max_attempts", "int"), ("timeout", "float8"),
+                   ("backoff", "float8"), ("data", "text"), ("key", "text"), ("secrets", "text"))
+_INSERT_NEW_JOBS = (
+    "INSERT INTO tqueues_jobs (id, queue, method, args, kwargs, status, priority, run_at, attempts, max_attempts,"
+    " timeout, backoff, data, key, secrets, created_at, updated_at)"
+    " SELECT u.id, u.queue, u.method, u.args::jsonb, u.kwargs::jsonb, 'pending', u.priority, u.run_at, 0,"
+    " u.max_attempts, u.timeout, u.backoff, u.data::jsonb, u.key, u.secrets::jsonb, $1, $1"
+    " FROM unnest(" + ", ".join(f"${i}::{kind}[]" for i, (_, kind) in enumerate(_NEW_JOB_ARRAYS, start=2)) + ")"
+    " WITH ORDINALITY AS u(" + ", ".join(name for name, _ in _NEW_JOB_ARRAYS) + ", n) ORDER BY u.n")
+_JSON_ARRAYS = frozenset({"args", "kwargs", "data", "secrets"})
+
+
+def _json_or_null(value: Any) -> str | None:
+    if value is None:
+        return None
+    if type(value) is list and not value:
+        return "[]"
+    if type(value) is dict and not value:
+        return "{}"
+    return models.dumps_str(value)
+
+
+def _new_job_columns(docs: list[dict[str, Any]]) -> list[list[Any]]:
+    """The arrays _INSERT_NEW_JOBS takes for ``docs`` (new job documents), JSON as text."""
+    return [[_json_or_null(doc[name]) for doc in docs] if name in _JSON_ARRAYS else [doc[name] for doc in docs]
+            for name, _ in _NEW_JOB_ARRAYS]
 
 
 def row_to_job(row: Any) -> dict[str, Any]:
@@ -554,14 +586,13 @@ class PostgresStore(Store):
                 doc = new_job(spec, now, ids[index])
                 if spec.key is not None:
                     existing[spec.key] = doc
-                rows.append(JOB_VALUES(doc))
+                rows.append(doc)
                 out[index] = (doc, True)
                 tx.emit(models.EV_CREATED, doc)
             await self._ensure_queues(tx, {spec.queue for spec in jobs}, now)
             if rows:
-                marks = ", ".join(f"${i}" for i in range(1, len(JOB_KEYS) + 1))
                 # A key taken by a concurrent dispatcher since the check fails this operation alone.
-                await conn.executemany(f"INSERT INTO tqueues_jobs ({COLS}) VALUES ({marks})", rows)
+                await conn.execute(_INSERT_NEW_JOBS, now, *_new_job_columns(rows))
             return out  # type: ignore[return-value]
 
         try:
