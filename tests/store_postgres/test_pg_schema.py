@@ -138,6 +138,26 @@ async def test_given_a_version_6_database_when_opened_then_events_ts_is_a_brin_i
         assert len(remaining) == 1 and remaining[0]["kind"] == models.EV_FINISHED
 
 
+async def test_given_a_version_7_database_when_opened_then_event_seqs_continue_from_a_counter_without_a_gap(
+        db_url: str) -> None:
+    # Given the schema as tqueues left it at version 7 (seqs from MAX(seq) under an advisory
+    # lock), holding the events of two jobs
+    async with opened_after(db_url, 7, "DROP TABLE tqueues_event_seq",
+                            before=lambda store: store.enqueue([models.NewJob(queue="q", method="m:f"),
+                                                                models.NewJob(queue="q", method="m:f")])) as store:
+        # When this tqueues opens it and writes more events
+        conn = await asyncpg.connect(db_url)
+        try:
+            counter = await conn.fetchval("SELECT last FROM tqueues_event_seq")
+        finally:
+            await conn.close()
+        await store.enqueue([models.NewJob(queue="q", method="m:f")])
+        await store.claim(["q"], "w", 1)
+        # Then the counter started at the last seq written, and seqs go on from it with no gap
+        seqs = [e["seq"] for e in await store.events_since(0)]
+        assert counter == 2 and seqs == [1, 2, 3, 4]
+
+
 async def test_job_events_are_stored_as_value_arrays_and_events_written_as_objects_still_read(db_url: str) -> None:
     store = open_store(db_url)
     await store.open()
