@@ -94,11 +94,11 @@ class Outcome:
     retry: bool = True
 
 
-def new_job(spec: models.NewJob, now: float, job_id: str | None = None) -> dict[str, Any]:
-    """The document of a job about to be inserted (every backend stores exactly this), with
-    ``job_id`` or a new id."""
+def new_job(spec: models.NewJob, now: float, job_id: str) -> dict[str, Any]:
+    """The document of a job about to be inserted as ``job_id`` (every backend stores exactly
+    this; stores draw the ids of a batch at once with models.new_ids)."""
     return {
-        "id": job_id or models.new_id(), "queue": spec.queue, "method": spec.method,
+        "id": job_id, "queue": spec.queue, "method": spec.method,
         "args": spec.args, "kwargs": spec.kwargs, "status": models.PENDING,
         "priority": spec.priority, "run_at": spec.run_at if spec.run_at is not None else now,
         "attempts": 0, "max_attempts": spec.max_attempts, "timeout": spec.timeout,

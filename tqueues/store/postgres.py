@@ -238,19 +238,10 @@ _INSERT_NEW_JOBS = (
 _JSON_ARRAYS = frozenset({"args", "kwargs", "data", "secrets"})
 
 
-def _json_or_null(value: Any) -> str | None:
-    if value is None:
-        return None
-    if type(value) is list and not value:
-        return "[]"
-    if type(value) is dict and not value:
-        return "{}"
-    return models.dumps_str(value)
-
-
 def _new_job_columns(docs: list[dict[str, Any]]) -> list[list[Any]]:
     """The arrays _INSERT_NEW_JOBS takes for ``docs`` (new job documents), JSON as text."""
-    return [[_json_or_null(doc[name]) for doc in docs] if name in _JSON_ARRAYS else [doc[name] for doc in docs]
+    return [[None if doc[name] is None else models.json_column(doc[name]) for doc in docs] if name in _JSON_ARRAYS
+            else [doc[name] for doc in docs]
             for name, _ in _NEW_JOB_ARRAYS]
 
 
@@ -590,7 +581,7 @@ class PostgresStore(Store):
             if keys:
                 for row in await conn.fetch(f"SELECT {COLS} FROM tqueues_jobs WHERE key = ANY($1::text[])", keys):
                     existing[row["key"]] = row_to_job(row)
-            rows = []
+            inserted: list[dict[str, Any]] = []
             ids = models.new_ids(len(jobs))
             for index, spec in enumerate(jobs):
                 if spec.key is not None and spec.key in existing:
@@ -599,13 +590,13 @@ class PostgresStore(Store):
                 doc = new_job(spec, now, ids[index])
                 if spec.key is not None:
                     existing[spec.key] = doc
-                rows.append(doc)
+                inserted.append(doc)
                 out[index] = (doc, True)
                 tx.emit(models.EV_CREATED, doc)
             await self._ensure_queues(tx, {spec.queue for spec in jobs}, now)
-            if rows:
+            if inserted:
                 # A key taken by a concurrent dispatcher since the check fails this operation alone.
-                await conn.execute(_INSERT_NEW_JOBS, now, *_new_job_columns(rows))
+                await conn.execute(_INSERT_NEW_JOBS, now, *_new_job_columns(inserted))
             return out  # type: ignore[return-value]
 
         try:

@@ -923,12 +923,13 @@ class RethinkDBStore(Store):
         docs: list[dict[str, Any]] = []
         first_by_key: dict[str, dict[str, Any]] = {}
         order: list[tuple[str, Any]] = []       # ("doc", doc) or ("key", key) per input
-        for spec in jobs:
+        ids = models.new_ids(len(jobs))
+        for spec, job_id in zip(jobs, ids):
             if spec.key is not None and spec.key in first_by_key:
                 order.append(("key", spec.key))
                 continue
             # Through JSON once: a value JSON cannot carry fails the whole batch before any write.
-            doc = models.loads(models.dumps(new_job(spec, now)))
+            doc = models.loads(models.dumps(new_job(spec, now, job_id)))
             docs.append(doc)
             if spec.key is not None:
                 first_by_key[spec.key] = doc

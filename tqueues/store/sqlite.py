@@ -171,8 +171,7 @@ def job_row(doc: dict[str, Any]) -> list[Any]:
     row = list(JOB_VALUES(doc))
     for i in _JSON_IDX:
         value = row[i]
-        # The usual empty values without a call to the serialiser (the same text it writes).
-        row[i] = "null" if value is None else "{}" if type(value) is dict and not value else models.dumps_str(value)
+        row[i] = "null" if value is None else models.json_column(value)
     return row
 
 
