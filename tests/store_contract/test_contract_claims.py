@@ -10,7 +10,7 @@ from tqueues import models
 from tqueues.errors import InvalidRequest
 from tqueues.store import Store
 
-from store_contract.contract_helpers import SHORT_LEASE, fail, is_stale, kinds, put, spec, take
+from store_contract.contract_helpers import SHORT_LEASE, fail, finish, is_stale, kinds, put, receive_until, spec, take
 
 # --------------------------------------------------------------------------- order
 
@@ -381,3 +381,131 @@ async def test_given_a_job_due_when_created_then_next_run_at_waits_only_for_dela
     retried = await fail(store, await take(store, "a"))
     assert retried["status"] == models.PENDING and retried["run_at"] > now + 1
     assert await store.next_run_at(["a"]) == retried["run_at"]
+
+
+# --------------------------------------------------------------------------- push dispatch
+
+
+async def test_given_an_idle_claim_when_a_job_comes_then_enqueue_and_claim_hands_it_over_leased(store: Store) -> None:
+    # Given a queue with nothing ready (a worker's claim is waiting on it), and a subscriber
+    await put(store, "q", args=["earlier"])
+    await finish(store, await take(store, "q"))
+    sub = store.subscribe()
+
+    # When a job comes in for that claim
+    before = models.now()
+    doc, claimed = await store.enqueue_and_claim(spec("q", args=[7], kwargs={"x": 1}, data={"d": True}),
+                                                 ["other", "q"], "w9", 30.0, "tok-")
+
+    # Then the producer's answer is the job as enqueued, and the claim has it leased
+    assert doc["status"] == models.PENDING and doc["attempts"] == 0 and doc["lease"] is None
+    [job] = claimed
+    assert job["id"] == doc["id"] and job["args"] == [7] and job["kwargs"] == {"x": 1} and job["data"] == {"d": True}
+    assert job["status"] == models.STARTED and job["attempts"] == 1 and job["worker"] == "w9"
+    assert job["lease"].startswith("tok-") and before + 29 < job["lease_expires"] <= models.now() + 30
+    # ... as the store has it: the same document, one execution open, events created then started
+    assert await store.get(doc["id"]) == job
+    [execution] = await store.executions(doc["id"])
+    assert (execution["attempt"], execution["worker"], execution["status"]) == (1, "w9", models.STARTED)
+    events = await store.events_since(0, job_id=doc["id"])
+    assert [e["kind"] for e in events] == [models.EV_CREATED, models.EV_STARTED]
+    assert events[1]["seq"] == events[0]["seq"] + 1
+    assert events[0]["new_val"]["status"] == models.PENDING and events[1]["new_val"] == job
+    # ... and published live in that order, as stored
+    got = await receive_until(sub, lambda e: e["kind"] == models.EV_STARTED)
+    assert got == events
+    sub.close()
+
+    # ... and it completes like any claimed job, fenced by its lease
+    assert (await finish(store, job, result=7))["result"] == 7
+    assert await store.claim(["q"], "w", 10) == []
+
+
+async def test_given_a_paused_queue_when_enqueue_and_claim_then_the_job_waits(store: Store) -> None:
+    # Given a paused queue
+    await store.set_queue("q", paused=True)
+
+    # When a job comes in for a claim on it
+    doc, claimed = await store.enqueue_and_claim(spec("q"), ["q"], "w", 30.0)
+
+    # Then nothing is handed over: the job is pending until the queue is resumed
+    assert claimed == []
+    assert (await store.get(doc["id"]))["status"] == models.PENDING
+    assert [e["kind"] for e in await store.events_since(0, job_id=doc["id"])] == [models.EV_CREATED]
+    await store.set_queue("q", paused=False)
+    assert [j["id"] for j in await store.claim(["q"], "w", 5)] == [doc["id"]]
+
+
+async def test_given_a_ready_job_ranking_first_when_enqueue_and_claim_then_the_new_job_does_not_jump_it(
+        store: Store) -> None:
+    # Given a ready job of the claim's other queue with a higher priority, and one of equal priority
+    high = await put(store, "a", priority=5)
+    equal = await put(store, "b", priority=0)
+
+    # When a job of priority 0 comes in for a claim on both queues
+    doc, claimed = await store.enqueue_and_claim(spec("b", priority=0), ["a", "b"], "w", 30.0)
+
+    # Then the claim gets its first pick, the high-priority job, or nothing (it then looks again);
+    # the new job is not leased ahead of either
+    assert [j["id"] for j in claimed] in ([high["id"]], [])
+    assert (await store.get(doc["id"]))["status"] == models.PENDING
+    rest = [j["id"] for j in await store.claim(["a", "b"], "w", 5)]
+    assert rest == [j for j in (high["id"], equal["id"], doc["id"]) if j not in {c["id"] for c in claimed}]
+
+
+async def test_given_a_lower_priority_ready_job_when_enqueue_and_claim_then_the_new_job_goes_first(
+        store: Store) -> None:
+    # Given a ready job of lower priority (it stays ready: say the claim was full when it came)
+    low = await put(store, "q", priority=-1)
+
+    # When a job of priority 3 comes in for a claim
+    doc, claimed = await store.enqueue_and_claim(spec("q", priority=3), ["q"], "w", 30.0)
+
+    # Then the new job is the claim's first pick, handed over; the other still waits
+    assert [j["id"] for j in claimed] == [doc["id"]]
+    assert (await store.get(low["id"]))["status"] == models.PENDING
+
+
+async def test_given_a_keyed_or_foreign_job_when_enqueue_and_claim_then_it_is_refused(store: Store) -> None:
+    # Given jobs enqueue_and_claim is not for: one with an idempotency key, one of another queue
+    for job, queues in ((spec("q", key="k1"), ["q"]), (spec("x"), ["q"])):
+        # When offered, then it refuses, and nothing is written
+        with pytest.raises(ValueError):
+            await store.enqueue_and_claim(job, queues, "w", 30.0)
+    assert await store.events_since(0) == []
+
+
+async def test_given_other_writes_at_once_when_enqueue_and_claim_then_every_event_keeps_its_order(
+        store: Store) -> None:
+    # Given a subscriber, and a job to claim on another queue
+    other = await put(store, "o")
+    sub = store.subscribe()
+    first = (await store.events_since(0))[-1]["seq"]
+
+    # When an enqueue, a hand-over and a claim are written at the same moment (one group, where
+    # the store groups writes)
+    (enqueued, handed, taken) = await asyncio.gather(
+        store.enqueue([spec("o", args=[i]) for i in range(3)]),
+        store.enqueue_and_claim(spec("q"), ["q"], "w", 30.0),
+        store.claim(["o"], "w", 1))
+
+    # Then each did its part
+    doc, [job] = handed
+    assert job["id"] == doc["id"] and [j["id"] for j in taken] == [other["id"]] and len(enqueued) == 3
+    # ... and the stored events follow one another with no gap, and came live in that order
+    stored = await store.events_since(first)
+    assert [e["seq"] for e in stored] == list(range(first + 1, first + 1 + 3 + 2 + 1))
+    got = await receive_until(sub, lambda e: e["seq"] == stored[-1]["seq"])
+    assert got == stored
+    sub.close()
+
+
+async def test_given_a_new_queue_when_enqueue_and_claim_then_the_queue_is_created_and_the_job_handed_over(
+        store: Store) -> None:
+    # When the first job of a queue comes in for a claim on it, then a second
+    handed = [await store.enqueue_and_claim(spec("fresh", args=[i]), ["fresh"], "w", 30.0) for i in range(2)]
+
+    # Then both are handed over, and the queue exists like any other
+    assert [[j["args"] for j in claimed] for _, claimed in handed] == [[[0]], [[1]]]
+    [queue] = [q for q in await store.queues() if q["name"] == "fresh"]
+    assert queue["paused"] is False

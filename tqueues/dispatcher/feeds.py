@@ -28,13 +28,16 @@ class Waiter:
     the claimed jobs over through ``handoff``.
     """
 
-    __slots__ = ("future", "keys", "hub", "_table", "claim", "limit", "take", "request", "parked", "handoff")
+    __slots__ = ("future", "keys", "hub", "_table", "claim", "limit", "take", "request", "parked", "handoff",
+                 "claimant")
 
     def __init__(self, hub: "Hub", table: dict[str, dict["Waiter", None]], keys: Iterable[str]) -> None:
         self.hub = hub
         self.keys = list(keys)
         self.future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.claim: Callable[[int], Awaitable[list[dict[str, Any]]]] | None = None
+        # For Store.enqueue_and_claim: the claim's queues, worker, lease seconds and lease prefix.
+        self.claimant: tuple[list[str], str, float, str] | None = None
         self.limit = 0
         self.take = 0           # once adopted: how many of the new jobs its claim is for
         self.request: web.Request | None = None

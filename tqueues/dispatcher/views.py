@@ -72,6 +72,7 @@ async def claim_wait(store: Store, hub: Hub, queues: list[str], worker: str, lim
     while True:
         with hub.wait_queues(queues) as waiter:
             waiter.claim, waiter.limit, waiter.request = claim, limit, request
+            waiter.claimant = (queues, worker, lease, lease_prefix)
 
             def pass_on(still_wanted: bool) -> None:   # a job may wait for the next claim
                 if still_wanted:
@@ -221,6 +222,10 @@ async def enqueue_jobs(request: web.Request, jobs: list[models.NewJob]) -> list[
     adopted = hub.adopt(ready) if ready else []
     if not adopted:
         return await store.enqueue(jobs)
+    if len(jobs) == 1 and len(adopted) == 1 and jobs[0].key is None and adopted[0].claimant is not None:
+        # One job for one parked claim (an idle worker): a single write enqueues the job
+        # already leased to that claim.
+        return [(await _enqueue_handed(store, jobs[0], adopted[0]), True)]
     enqueued = asyncio.ensure_future(store.enqueue(jobs))
     for waiter in adopted:
         task = asyncio.ensure_future(_serve_adopted(waiter))
@@ -233,6 +238,20 @@ async def enqueue_jobs(request: web.Request, jobs: list[models.NewJob]) -> list[
         # producer hears back.
         await asyncio.sleep(0)
     return results
+
+
+async def _enqueue_handed(store: Store, job: models.NewJob, waiter: Waiter) -> dict[str, Any]:
+    handoff, claimed = waiter.handoff, None
+    assert handoff is not None and waiter.claimant is not None
+    queues, worker, lease, lease_prefix = waiter.claimant
+    try:
+        doc, claimed = await store.enqueue_and_claim(job, queues, worker, lease, lease_prefix)
+    finally:
+        if not handoff.done():
+            handoff.set_result(claimed)   # None or []: the waiter claims again by itself
+    if claimed:
+        await asyncio.sleep(0)   # the worker's answer goes out before the producer's (as below)
+    return doc
 
 
 async def _serve_adopted(waiter: Waiter) -> None:

@@ -282,6 +282,34 @@ class Store(abc.ABC):
             raise InvalidRequest(f"lease: must be between 0 and {MAX_LEASE} seconds", field="lease")
         return await self._claim(list(dict.fromkeys(queues)), worker, limit, lease_seconds, models.now(), lease_prefix)
 
+    async def enqueue_and_claim(self, job: models.NewJob, queues: Sequence[str], worker: str,
+                                lease_seconds: float = 30.0, lease_prefix: str = ""
+                                ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Enqueue one new job and claim for a claim that was waiting on ``queues``: what the
+        dispatcher does when a job comes in while a worker's claim is parked (push dispatch).
+
+        ``job`` has no idempotency key, is due now and belongs to one of ``queues``. Returns the
+        job as enqueued (``pending``, as ``enqueue`` returns it; ``job.created`` is emitted) and
+        the jobs claimed, each as ``claim`` leases it (``job.started``): the new job itself when
+        it is the claim's first pick (its queue is not paused and no ready job of ``queues``
+        ranks before it). Otherwise the claim gets that first pick, or nothing and looks again.
+        Stores that can do it write both in one transaction, the new job leased as it is
+        inserted: no claim statement, and on PostgreSQL one round trip in all.
+        """
+        if job.key is not None or job.queue not in queues:
+            raise ValueError("enqueue_and_claim: a job without a key, in one of the claim's queues")
+        if not 0 < lease_seconds <= MAX_LEASE:
+            raise InvalidRequest(f"lease: must be between 0 and {MAX_LEASE} seconds", field="lease")
+        return await self._enqueue_and_claim(job, list(dict.fromkeys(queues)), worker, lease_seconds,
+                                             models.now(), lease_prefix)
+
+    async def _enqueue_and_claim(self, job: models.NewJob, queues: list[str], worker: str,
+                                 lease_seconds: float, now: float, lease_prefix: str
+                                 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """One after the other, for stores with no single write for both."""
+        ((doc, _),) = await self._enqueue([job], now)
+        return doc, await self._claim(queues, worker, 1, lease_seconds, models.now(), lease_prefix)
+
     async def heartbeat(self, leases: Sequence[tuple[str, str]], lease_seconds: float,
                         worker: str | None = None) -> list[dict[str, Any]]:
         """Extend leases ``(job_id, lease)`` to now + ``lease_seconds``; mark the worker seen.

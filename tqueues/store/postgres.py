@@ -11,10 +11,10 @@ Design
       dispatchers never lease the same job, and neither waits for the other's locked rows.
       Every fenced change (heartbeat, complete, release, requeue) names the lease token in its
       ``WHERE`` clause, so a stale lease changes nothing whatever the interleaving.
-    * Events are inserted at the end of each group transaction under a transaction-scoped
-      advisory lock, with ``seq`` continuing from the table's maximum. The lock is released only
-      after the commit is visible, so events become visible in ``seq`` order and a reader that
-      has seen ``seq`` N will never later find a smaller one: ``since=N`` resumes without a gap.
+    * Events are inserted at the end of each group transaction, their ``seq`` taken from a
+      counter row updated by the same statement. The row stays locked until the commit is
+      visible, so events become visible in ``seq`` order and a reader that has seen ``seq`` N
+      will never later find a smaller one: ``since=N`` resumes without a gap.
     * The same transaction sends ``NOTIFY tqueues_events, '<last seq>'``. Every dispatcher
       LISTENs and re-reads the events table from the last seq it published (NOTIFY carries only
       the number; it is not durable, so a reconnecting listener catches up from its cursor, and a
@@ -237,6 +237,35 @@ _INSERT_NEW_JOBS = (
     " WITH ORDINALITY AS u(" + ", ".join(name for name, _ in _NEW_JOB_ARRAYS) + ", n) ORDER BY u.n")
 _JSON_ARRAYS = frozenset({"args", "kwargs", "data", "secrets"})
 
+# enqueue_and_claim in one statement, its own transaction: the new job goes in already leased
+# to the waiting claim when it is that claim's first pick (t.take: its queue is not paused and
+# no ready job of the claim's queues ranks before it), else pending; with its execution row, its
+# events (job.created, and job.started when leased) under seqs from the counter row, and NOTIFY.
+_INSERT_LEASED = (   # $1-$13: _NEW_JOB_ARRAYS' columns of the one job (as values, not arrays)
+    "WITH {queue}t AS (SELECT NOT EXISTS (SELECT 1 FROM tqueues_queues WHERE name = $2 AND paused)"
+    "   AND NOT EXISTS (SELECT 1 FROM tqueues_jobs WHERE status = 'pending' AND queue = ANY($15::text[])"
+    "     AND queue NOT IN (SELECT name FROM tqueues_queues WHERE paused)"
+    "     AND run_at <= $14 AND priority >= $6 AND (priority > $6 OR run_at <= $7)) AS take),"
+    " j AS (INSERT INTO tqueues_jobs (id, queue, method, args, kwargs, status, priority, run_at, attempts,"
+    "   max_attempts, timeout, backoff, data, key, secrets, created_at, updated_at, lease, lease_expires, worker,"
+    "   started_at)"
+    "   SELECT $1, $2, $3, $4::text::jsonb, $5::text::jsonb, CASE WHEN t.take THEN 'started' ELSE 'pending' END, $6, $7,"
+    "   CASE WHEN t.take THEN 1 ELSE 0 END, $8, $9, $10, $11::text::jsonb, $12, $13::text::jsonb, $14, $14,"
+    "   CASE WHEN t.take THEN $16 END, CASE WHEN t.take THEN $17::float8 END, CASE WHEN t.take THEN $18 END,"
+    "   CASE WHEN t.take THEN $14 END FROM t),"
+    " x AS (INSERT INTO tqueues_executions (job_id, attempt, worker, lease, status, started_at)"
+    "   SELECT $1, 1, $18, $16, 'started', $14 FROM t WHERE t.take),"
+    " s AS (UPDATE tqueues_event_seq SET last = last + (SELECT CASE WHEN take THEN 2 ELSE 1 END FROM t)"
+    "   RETURNING last),"
+    " e AS (INSERT INTO tqueues_events (seq, ts, kind, queue, job_id, doc)"
+    "   SELECT s.last - (CASE WHEN t.take THEN 2 ELSE 1 END) + v.n, $19, v.kind, $2, $1, v.doc::jsonb"
+    "   FROM s, t, (VALUES (1, $20::text, $22::text), (2, $21::text, $23::text)) AS v(n, kind, doc)"
+    "   WHERE v.n = 1 OR t.take)"
+    " SELECT t.take, s.last FROM t, s, pg_notify($24, s.last::text)")
+# ... for the first job of a queue this dispatcher has not seen yet: its queue row too
+_NEW_QUEUE = ("nq AS (INSERT INTO tqueues_queues (name, paused, created_at, updated_at)"
+              " VALUES ($2, FALSE, $14, $14) ON CONFLICT (name) DO NOTHING), ")
+
 
 def _new_job_columns(docs: list[dict[str, Any]]) -> list[list[Any]]:
     """The arrays _INSERT_NEW_JOBS takes for ``docs`` (new job documents), JSON as text."""
@@ -262,18 +291,28 @@ class _OperationFailed(Exception):
 
 
 class _Tx:
-    __slots__ = ("conn", "events", "after_commit")
+    __slots__ = ("conn", "events", "after_commit", "published")
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
         self.events: list[Event] = []
         self.after_commit: list[Callable[[], None]] = []   # run once the transaction committed
+        self.published: list[dict[str, Any]] = []   # events the operation inserted itself, in seq order
 
     def emit(self, kind: str, job: dict[str, Any]) -> None:
         self.events.append((kind, job.get("queue"), job.get("id"), job))
 
 
 Op = Callable[[_Tx], Awaitable[Any]]
+
+
+def _one_statement(op: Op) -> Op:
+    """Mark ``op`` as one statement that inserts its own events (into ``tx.published``): alone
+    in its group, it runs outside a transaction block, as its own implicit transaction, which
+    saves the BEGIN and COMMIT round trips; in a group, it runs inside the group's transaction
+    like any other operation."""
+    op.one_statement = True  # type: ignore[attr-defined]
+    return op
 
 
 class PostgresStore(Store):
@@ -399,7 +438,18 @@ class PostgresStore(Store):
             if self._writer_conn is None or self._writer_conn.is_closed():
                 self._writer_conn = await self._connect()
             conn = self._writer_conn
-            if len(batch) == 1:   # alone in its transaction: a failure rolls back just it
+            if len(batch) == 1 and getattr(batch[0][0], "one_statement", False):
+                tx = _Tx(conn)
+                try:
+                    results = [(batch[0][1], True, await batch[0][0](tx))]
+                    published = tx.published
+                    for hook in tx.after_commit:
+                        hook()
+                except Exception as exc:
+                    if _disconnected(exc):
+                        raise
+                    results = [(batch[0][1], False, exc)]
+            elif len(batch) == 1:   # alone in its transaction: a failure rolls back just it
                 try:
                     results, published = await self._attempt_group(conn, batch, savepoints=False)
                 except _OperationFailed as failed:
@@ -440,6 +490,7 @@ class PostgresStore(Store):
         committed: list[Callable[[], None]] = []
         async with conn.transaction():
             events: list[Event] = []
+            inserted: list[dict[str, Any]] = []   # by operations themselves: their seqs come first
             for fn, future in batch:
                 tx = _Tx(conn)
                 try:
@@ -457,9 +508,9 @@ class PostgresStore(Store):
                 else:
                     results.append((future, True, value))
                     events.extend(tx.events)
+                    inserted.extend(tx.published)
                     committed.extend(tx.after_commit)
-            if events:
-                published = await self._insert_events(conn, events)
+            published = inserted + (await self._insert_events(conn, events) if events else [])
         for hook in committed:
             hook()
         return results, published
@@ -732,6 +783,36 @@ class PostgresStore(Store):
             for job in jobs:
                 tx.emit(models.EV_STARTED, job)
             return jobs
+
+        return await self._write(op)
+
+    async def _enqueue_and_claim(self, job: models.NewJob, queues: list[str], worker: str,
+                                 lease_seconds: float, now: float, lease_prefix: str
+                                 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        known = job.queue in self._queues_known
+        sql = _INSERT_LEASED.format(queue="" if known else _NEW_QUEUE)
+        (job_id,) = models.new_ids(1)
+        doc = new_job(job, now, job_id)
+        lease = lease_prefix + secrets.token_hex(16)
+        leased = {**doc, "status": models.STARTED, "attempts": 1, "lease": lease,
+                  "lease_expires": now + lease_seconds, "worker": worker, "started_at": now}
+
+        @_one_statement
+        async def op(tx: _Tx) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+            ts = models.now()
+            if not known:
+                tx.after_commit.append(lambda: self._queues_known.add(job.queue))
+            row = await tx.conn.fetchrow(
+                sql, *(column[0] for column in _new_job_columns([doc])), now, queues, lease,
+                leased["lease_expires"], worker, ts, models.EV_CREATED, models.EV_STARTED,
+                models.dumps_str(stored_event_doc(doc)), models.dumps_str(stored_event_doc(leased)), CHANNEL)
+            taken, last = row["take"], int(row["last"])
+            events = [(models.EV_CREATED, doc), (models.EV_STARTED, leased)] if taken else [(models.EV_CREATED, doc)]
+            first = last - len(events) + 1
+            tx.published = [{"seq": first + offset, "ts": ts, "kind": kind, "queue": job.queue, "job_id": job_id,
+                             "new_val": event_doc_value}
+                            for offset, (kind, event_doc_value) in enumerate(events)]
+            return doc, [leased] if taken else []
 
         return await self._write(op)
 

@@ -817,41 +817,84 @@ class SQLiteStore(Store):
 
     async def _claim(self, queues: list[str], worker: str, limit: int, lease_seconds: float,
                      now: float, lease_prefix: str = "") -> list[dict[str, Any]]:
-        def op(tx: _Tx) -> list[dict[str, Any]]:
-            conn = tx.conn
-            marks = ", ".join("?" * len(queues))
-            paused = {r[0] for r in conn.execute(f"SELECT name FROM queues WHERE paused = 1 AND name IN ({marks})", queues)}
-            active = [q for q in queues if q not in paused]
-            if not active:
-                return []
-            lease = lease_prefix + secrets.token_hex(16)
-            # One ordered walk of the ready index per queue (O(log n + limit)); several queues
-            # are merged by priority afterwards. INDEXED BY: left alone, SQLite may pick the
-            # (queue, run_at) index and sort every ready job on each claim.
-            picks = " UNION ALL ".join(
-                "SELECT * FROM (SELECT seq, priority, run_at FROM jobs INDEXED BY jobs_ready"
-                " WHERE status = 'pending' AND queue = ? AND run_at <= ? ORDER BY priority DESC, run_at, seq LIMIT ?)"
-                for _ in active)
-            params: list[Any] = []
-            for queue in active:
-                params += [queue, now, limit]
-            rows = conn.execute(
-                f"UPDATE jobs SET status = 'started', attempts = attempts + 1, lease = ?, lease_expires = ?,"
-                f" worker = ?, started_at = ?, updated_at = ?"
-                f" WHERE seq IN (SELECT seq FROM ({picks}) ORDER BY priority DESC, run_at, seq LIMIT ?)"
-                f" RETURNING {COLS}, seq",
-                (lease, now + lease_seconds, worker, now, now, *params, limit)).fetchall()
-            # RETURNING order is arbitrary: hand the jobs out in claim order.
-            prio, run_at = JOB_KEYS.index("priority"), JOB_KEYS.index("run_at")
-            rows.sort(key=lambda r: (-r[prio], r[run_at], r[-1]))
-            jobs = [row_to_job(r[:-1]) for r in rows]
-            insert_rows(conn, "INSERT OR REPLACE INTO executions (job_id, attempt, worker, lease, status, started_at)",
-                        [(j["id"], j["attempts"], worker, lease, models.STARTED, now) for j in jobs])
-            for job in jobs:
-                tx.emit(models.EV_STARTED, job)
-            return jobs
+        return await self._write(lambda tx: self._claim_in(tx, queues, worker, limit, lease_seconds, now, lease_prefix),
+                                 inline=limit <= INLINE_ITEMS)
 
-        return await self._write(op, inline=limit <= INLINE_ITEMS)
+    @staticmethod
+    def _active_queues(conn: sqlite3.Connection, queues: list[str]) -> list[str]:
+        marks = ", ".join("?" * len(queues))
+        paused = {r[0] for r in conn.execute(f"SELECT name FROM queues WHERE paused = 1 AND name IN ({marks})", queues)}
+        return [q for q in queues if q not in paused]
+
+    def _claim_in(self, tx: _Tx, queues: list[str], worker: str, limit: int, lease_seconds: float,
+                  now: float, lease_prefix: str) -> list[dict[str, Any]]:
+        conn = tx.conn
+        active = self._active_queues(conn, queues)
+        if not active:
+            return []
+        lease = lease_prefix + secrets.token_hex(16)
+        # One ordered walk of the ready index per queue (O(log n + limit)); several queues
+        # are merged by priority afterwards. INDEXED BY: left alone, SQLite may pick the
+        # (queue, run_at) index and sort every ready job on each claim.
+        picks = " UNION ALL ".join(
+            "SELECT * FROM (SELECT seq, priority, run_at FROM jobs INDEXED BY jobs_ready"
+            " WHERE status = 'pending' AND queue = ? AND run_at <= ? ORDER BY priority DESC, run_at, seq LIMIT ?)"
+            for _ in active)
+        params: list[Any] = []
+        for queue in active:
+            params += [queue, now, limit]
+        rows = conn.execute(
+            f"UPDATE jobs SET status = 'started', attempts = attempts + 1, lease = ?, lease_expires = ?,"
+            f" worker = ?, started_at = ?, updated_at = ?"
+            f" WHERE seq IN (SELECT seq FROM ({picks}) ORDER BY priority DESC, run_at, seq LIMIT ?)"
+            f" RETURNING {COLS}, seq",
+            (lease, now + lease_seconds, worker, now, now, *params, limit)).fetchall()
+        # RETURNING order is arbitrary: hand the jobs out in claim order.
+        prio, run_at = JOB_KEYS.index("priority"), JOB_KEYS.index("run_at")
+        rows.sort(key=lambda r: (-r[prio], r[run_at], r[-1]))
+        jobs = [row_to_job(r[:-1]) for r in rows]
+        self._open_executions(conn, jobs, worker, lease, now)
+        for job in jobs:
+            tx.emit(models.EV_STARTED, job)
+        return jobs
+
+    @staticmethod
+    def _open_executions(conn: sqlite3.Connection, jobs: list[dict[str, Any]], worker: str, lease: str,
+                         now: float) -> None:
+        insert_rows(conn, "INSERT OR REPLACE INTO executions (job_id, attempt, worker, lease, status, started_at)",
+                    [(j["id"], j["attempts"], worker, lease, models.STARTED, now) for j in jobs])
+
+    async def _enqueue_and_claim(self, job: models.NewJob, queues: list[str], worker: str,
+                                 lease_seconds: float, now: float, lease_prefix: str
+                                 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        def op(tx: _Tx) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+            conn = tx.conn
+            (job_id,) = models.new_ids(1)
+            doc = new_job(job, now, job_id)
+            tx.emit(models.EV_CREATED, doc)
+            self._ensure_queues(tx, {job.queue}, now)
+            active = self._active_queues(conn, queues)
+            # The claim's first pick among the jobs already ready, if any, against the new one.
+            first = None
+            for queue in active:
+                row = conn.execute("SELECT priority, run_at FROM jobs INDEXED BY jobs_ready"
+                                   " WHERE status = 'pending' AND queue = ? AND run_at <= ?"
+                                   " ORDER BY priority DESC, run_at, seq LIMIT 1", (queue, now)).fetchone()
+                if row is not None and (first is None or (-row[0], row[1]) < (-first[0], first[1])):
+                    first = row
+            if job.queue not in active or (first is not None and (-first[0], first[1]) <= (-doc["priority"], doc["run_at"])):
+                # Not the new job: it waits, and the claim takes its first pick as claim() would.
+                insert_rows(conn, f"INSERT INTO jobs ({COLS})", [job_row(doc)])
+                return doc, self._claim_in(tx, queues, worker, 1, lease_seconds, now, lease_prefix)
+            lease = lease_prefix + secrets.token_hex(16)
+            leased = {**doc, "status": models.STARTED, "attempts": 1, "lease": lease,
+                      "lease_expires": now + lease_seconds, "worker": worker, "started_at": now}
+            insert_rows(conn, f"INSERT INTO jobs ({COLS})", [job_row(leased)])
+            self._open_executions(conn, [leased], worker, lease, now)
+            tx.emit(models.EV_STARTED, leased)
+            return doc, [leased]
+
+        return await self._write(op, inline=True)
 
     async def _heartbeat(self, leases: list[tuple[str, str]], lease_seconds: float,
                          worker: str | None, now: float) -> list[dict[str, Any]]:
