@@ -166,7 +166,7 @@ async def test_with_debug_logging_canary_secrets_appear_nowhere_in_the_logs(tmp_
         worker.close()
         proc.close()
     assert "DEBUG" in logs   # debug logging really was on
-    for canary in (dsn_secret, kwarg_secret, admin, worker_token, worker_token.rsplit("_", 1)[-1]):
+    for canary in (dsn_secret, kwarg_secret, admin, worker_token, worker_token.split("_", 2)[-1]):   # tq_<id>_<secret>
         assert canary not in logs
 
 

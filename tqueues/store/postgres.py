@@ -237,12 +237,14 @@ _INSERT_NEW_JOBS = (
     " WITH ORDINALITY AS u(" + ", ".join(name for name, _ in _NEW_JOB_ARRAYS) + ", n) ORDER BY u.n")
 _JSON_ARRAYS = frozenset({"args", "kwargs", "data", "secrets"})
 
-# enqueue_and_claim in one statement, its own transaction: the new job goes in already leased
-# to the waiting claim when it is that claim's first pick (t.take: its queue is not paused and
-# no ready job of the claim's queues ranks before it), else pending; with its execution row, its
-# events (job.created, and job.started when leased) under seqs from the counter row, and NOTIFY.
+# One new job in one statement, its own transaction: for enqueue_and_claim ($25 true) the job
+# goes in already leased to the waiting claim when it is that claim's first pick (t.take: its
+# queue is not paused and no ready job of the claim's queues ranks before it), else pending;
+# with its execution row, its events (job.created, and job.started when leased) under seqs from
+# the counter row, and NOTIFY. A plain enqueue of one job without a key ($25 false) is the same
+# statement, never leasing.
 _INSERT_LEASED = (   # $1-$13: _NEW_JOB_ARRAYS' columns of the one job (as values, not arrays)
-    "WITH {queue}t AS (SELECT NOT EXISTS (SELECT 1 FROM tqueues_queues WHERE name = $2 AND paused)"
+    "WITH {queue}t AS (SELECT $25::boolean AND NOT EXISTS (SELECT 1 FROM tqueues_queues WHERE name = $2 AND paused)"
     "   AND NOT EXISTS (SELECT 1 FROM tqueues_jobs WHERE status = 'pending' AND queue = ANY($15::text[])"
     "     AND queue NOT IN (SELECT name FROM tqueues_queues WHERE paused)"
     "     AND run_at <= $14 AND priority >= $6 AND (priority > $6 OR run_at <= $7)) AS take),"
@@ -624,6 +626,10 @@ class PostgresStore(Store):
     # ------------------------------------------------------------------ producers
 
     async def _enqueue(self, jobs: list[models.NewJob], now: float) -> list[tuple[dict[str, Any], bool]]:
+        if len(jobs) == 1 and jobs[0].key is None:   # one by one: one statement, one round trip
+            doc, _ = await self._insert_one(jobs[0], now, None)
+            return [(doc, True)]
+
         async def op(tx: _Tx) -> list[tuple[dict[str, Any], bool]]:
             conn = tx.conn
             out: list[tuple[dict[str, Any], bool] | None] = [None] * len(jobs)
@@ -789,11 +795,19 @@ class PostgresStore(Store):
     async def _enqueue_and_claim(self, job: models.NewJob, queues: list[str], worker: str,
                                  lease_seconds: float, now: float, lease_prefix: str
                                  ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        return await self._insert_one(job, now, (queues, worker, lease_seconds, lease_prefix))
+
+    async def _insert_one(self, job: models.NewJob, now: float,
+                          claim: tuple[list[str], str, float, str] | None
+                          ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """One job without a key, in one statement (_INSERT_LEASED); leased to ``claim``
+        (queues, worker, lease seconds, lease prefix) when it is that claim's first pick."""
         known = job.queue in self._queues_known
         sql = _INSERT_LEASED.format(queue="" if known else _NEW_QUEUE)
         (job_id,) = models.new_ids(1)
         doc = new_job(job, now, job_id)
-        lease = lease_prefix + secrets.token_hex(16)
+        queues, worker, lease_seconds, lease_prefix = claim or ([], None, 0.0, "")
+        lease = lease_prefix + secrets.token_hex(16) if claim else None
         leased = {**doc, "status": models.STARTED, "attempts": 1, "lease": lease,
                   "lease_expires": now + lease_seconds, "worker": worker, "started_at": now}
 
@@ -805,7 +819,8 @@ class PostgresStore(Store):
             row = await tx.conn.fetchrow(
                 sql, *(column[0] for column in _new_job_columns([doc])), now, queues, lease,
                 leased["lease_expires"], worker, ts, models.EV_CREATED, models.EV_STARTED,
-                models.dumps_str(stored_event_doc(doc)), models.dumps_str(stored_event_doc(leased)), CHANNEL)
+                models.dumps_str(stored_event_doc(doc)),
+                models.dumps_str(stored_event_doc(leased)) if claim else None, CHANNEL, claim is not None)
             taken, last = row["take"], int(row["last"])
             events = [(models.EV_CREATED, doc), (models.EV_STARTED, leased)] if taken else [(models.EV_CREATED, doc)]
             first = last - len(events) + 1
