@@ -109,6 +109,13 @@ def new_job(spec: models.NewJob, now: float, job_id: str) -> dict[str, Any]:
     }
 
 
+def leased_new_job(doc: dict[str, Any], worker: str | None, lease: str | None, lease_seconds: float,
+                   now: float) -> dict[str, Any]:
+    """The document of new job ``doc`` as a claim at ``now`` leases it (Store.enqueue_and_claim)."""
+    return {**doc, "status": models.STARTED, "attempts": 1, "lease": lease,
+            "lease_expires": now + lease_seconds, "worker": worker, "started_at": now, "updated_at": now}
+
+
 def ok(job: dict[str, Any]) -> dict[str, Any]:
     """One item of a batch answer that succeeded."""
     return {"id": job["id"], "ok": True, "status": job["status"], "job": job}

@@ -34,7 +34,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from .. import models
 from ..errors import ConfigurationError, Conflict, JobNotFound, LeaseConflict, StoreUnavailable, TQueuesError
-from .base import (JOB_KEYS, Outcome, Store, conflict, event_doc, new_job, ok, redact, stored_event_doc, token_not_found,
+from .base import (JOB_KEYS, Outcome, Store, conflict, event_doc, leased_new_job, new_job, ok, redact, stored_event_doc, token_not_found,
                    worker_not_found)
 
 try:  # imported lazily by open_store; the module itself needs the driver
@@ -808,8 +808,7 @@ class PostgresStore(Store):
         doc = new_job(job, now, job_id)
         queues, worker, lease_seconds, lease_prefix = claim or ([], None, 0.0, "")
         lease = lease_prefix + secrets.token_hex(16) if claim else None
-        leased = {**doc, "status": models.STARTED, "attempts": 1, "lease": lease,
-                  "lease_expires": now + lease_seconds, "worker": worker, "started_at": now}
+        leased = leased_new_job(doc, worker, lease, lease_seconds, now) if claim else None
 
         @_one_statement
         async def op(tx: _Tx) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -818,16 +817,16 @@ class PostgresStore(Store):
                 tx.after_commit.append(lambda: self._queues_known.add(job.queue))
             row = await tx.conn.fetchrow(
                 sql, *(column[0] for column in _new_job_columns([doc])), now, queues, lease,
-                leased["lease_expires"], worker, ts, models.EV_CREATED, models.EV_STARTED,
+                leased and leased["lease_expires"], worker, ts, models.EV_CREATED, models.EV_STARTED,
                 models.dumps_str(stored_event_doc(doc)),
-                models.dumps_str(stored_event_doc(leased)) if claim else None, CHANNEL, claim is not None)
-            taken, last = row["take"], int(row["last"])
-            events = [(models.EV_CREATED, doc), (models.EV_STARTED, leased)] if taken else [(models.EV_CREATED, doc)]
-            first = last - len(events) + 1
+                leased and models.dumps_str(stored_event_doc(leased)), CHANNEL, leased is not None)
+            handed = [leased] if row["take"] and leased is not None else []
+            events = [(models.EV_CREATED, doc)] + [(models.EV_STARTED, job) for job in handed]
+            first = int(row["last"]) - len(events) + 1
             tx.published = [{"seq": first + offset, "ts": ts, "kind": kind, "queue": job.queue, "job_id": job_id,
                              "new_val": event_doc_value}
                             for offset, (kind, event_doc_value) in enumerate(events)]
-            return doc, [leased] if taken else []
+            return doc, handed
 
         return await self._write(op)
 

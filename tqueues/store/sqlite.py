@@ -43,7 +43,7 @@ from urllib.parse import unquote, urlsplit
 
 from .. import models
 from ..errors import Conflict, ConfigurationError, InvalidRequest, JobNotFound, LeaseConflict, StoreUnavailable, TQueuesError
-from .base import (JOB_KEYS, JOB_VALUES, Outcome, Store, conflict, event_doc, new_job, ok, stored_event_doc, token_not_found,
+from .base import (JOB_KEYS, JOB_VALUES, Outcome, Store, conflict, event_doc, leased_new_job, new_job, ok, stored_event_doc, token_not_found,
                    worker_not_found)
 
 log = logging.getLogger("tqueues.store.sqlite")
@@ -887,8 +887,7 @@ class SQLiteStore(Store):
                 insert_rows(conn, f"INSERT INTO jobs ({COLS})", [job_row(doc)])
                 return doc, self._claim_in(tx, queues, worker, 1, lease_seconds, now, lease_prefix)
             lease = lease_prefix + secrets.token_hex(16)
-            leased = {**doc, "status": models.STARTED, "attempts": 1, "lease": lease,
-                      "lease_expires": now + lease_seconds, "worker": worker, "started_at": now}
+            leased = leased_new_job(doc, worker, lease, lease_seconds, now)
             insert_rows(conn, f"INSERT INTO jobs ({COLS})", [job_row(leased)])
             self._open_executions(conn, [leased], worker, lease, now)
             tx.emit(models.EV_STARTED, leased)
