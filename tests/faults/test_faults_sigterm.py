@@ -4,6 +4,7 @@ what can finish within ``--grace`` finish, releases the rest and exits 0."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 
@@ -85,3 +86,47 @@ async def test_given_sigterm_with_jobs_in_flight_then_it_claims_nothing_more_fin
     assert report.duplicates == 0
     assert len(stopped_long) == 2 * rounds
     assert not [e for e in rig.ledger.entries() if e.kind == "run" and (e.pid, e.tag) in stopped_long]
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a live process (None once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def test_given_the_dispatcher_gone_when_a_worker_is_stopped_then_it_waits_without_spinning_and_exits(
+        rig: Rig) -> None:
+    if rig.backend != "sqlite":
+        pytest.skip("the worker's side only: SQLite covers it")
+    rig.start_dispatcher("--lease", "30")
+    producer = rig.producer()
+    worker = rig.worker("orphan", "--grace", "5", concurrency=2)
+    # Given two jobs running: one that ends soon, one that ends later in the grace
+    short = producer.job("orphan-short", queue="orphan", seconds=1.0)
+    long = producer.job("orphan-long", queue="orphan", seconds=3.5)
+    async with producer.session() as session:
+        await producer.enqueue(session, [short, long])
+    await wait_for(lambda: rig.ledger.count("begin", tags=[short["key"], long["key"]]) == 2, 30,
+                   "the two jobs never both started")
+
+    # When the dispatcher dies and the worker is told to stop
+    rig.kill_dispatcher()
+    before = cpu_seconds(worker.pid)
+    assert before is not None
+    worker.popen.send_signal(signal.SIGTERM)
+    started, used = time.monotonic(), 0.0
+    while worker.popen.poll() is None and time.monotonic() - started < 40:
+        now = cpu_seconds(worker.pid)
+        used = now - before if now is not None else used
+        await asyncio.sleep(0.1)
+
+    # Then it lets both jobs end, retries their outcomes with a pause between tries (no busy
+    # loop), gives up on them, and exits 0
+    assert worker.popen.poll() == 0, worker.output()[-3000:]
+    assert rig.ledger.count("run", tags=[short["key"], long["key"]]) == 2
+    assert "giving up reporting" in worker.output()
+    assert used < 1.5, f"the worker used {used:.1f} s of CPU while it waited for an unreachable dispatcher"

@@ -34,6 +34,7 @@ ISOLATIONS = ("process", "thread")
 LOG_BATCH = 500             # captured lines sent in one request
 LOG_INTERVAL = 0.2          # seconds between sends of captured lines while jobs print
 MAX_LOG_BACKLOG = 100_000   # lines kept while the dispatcher is unreachable; newer ones are dropped
+BACKGROUND_STOP = 5.0        # seconds close() waits for the background loops to end once cancelled
 
 
 class Worker:
@@ -88,6 +89,9 @@ class Worker:
         self._stopping = asyncio.Event()
         self._claim_task: asyncio.Task[Any] | None = None
         self._background: list[asyncio.Task[None]] = []
+        # Set by close(): the background loops end at their next turn even if a cancellation
+        # is lost (one that lands while a connection attempt fails can be turned into an error).
+        self._closing = False
         self._pool: ProcessPool | None = None
         self._threads: Any = None
         self._started = False
@@ -139,6 +143,7 @@ class Worker:
 
     async def close(self) -> None:
         """Release every lease still held, flush outcomes, deregister, close connections."""
+        self._closing = True
         await self._flush_all()
         self._ready.clear()   # still held: released below
         leftovers = [(doc["id"], doc["lease"]) for doc in self._buffer]
@@ -151,9 +156,8 @@ class Worker:
                 log.info("released %d job(s) on shutdown", len(leftovers))
         for task in self._background:
             task.cancel()
-        for task in self._background:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._background:
+            await asyncio.wait(self._background, timeout=BACKGROUND_STOP)
         with contextlib.suppress(ClientError):
             await self.client.request("POST", "api/v1/workers", json=self.info("stopped"), timeout=5)
         if self._pool is not None:
@@ -333,7 +337,7 @@ class Worker:
         self._outcome_ready.set()
 
     async def _flusher(self) -> None:
-        while True:
+        while not self._closing:
             # Outcomes go at once; captured lines within LOG_INTERVAL of the first one waiting.
             if not self._outcomes:
                 timeout = LOG_INTERVAL if self._logs else None
@@ -377,10 +381,18 @@ class Worker:
                     continue
                 self._outcomes = batch + self._outcomes
                 if self._stopping.is_set() and delay > 5:
+                    # Stopping, and the dispatcher has stayed unreachable for about six seconds:
+                    # these jobs run again once their leases expire.
                     log.error("giving up reporting %d outcome(s): %s", len(self._outcomes), exc)
+                    for job, _ in self._outcomes:
+                        self._drop(job)
+                    self._outcomes = []
                     return
                 log.warning("cannot report outcomes (%s); retrying in %.1f s", exc, delay)
-                await self._sleep(delay)
+                if self._stopping.is_set():
+                    await asyncio.sleep(delay)   # a stop no longer cuts the wait short
+                else:
+                    await self._sleep(delay)
                 delay = min(delay * 2, 10.0)
                 continue
             for (job, outcome), result in zip(batch, answer["results"]):
@@ -394,7 +406,7 @@ class Worker:
                     log.info("%s failed: %s: %s", job, outcome["error"]["type"], outcome["error"]["message"])
 
     async def _heartbeats(self) -> None:
-        while True:
+        while not self._closing:
             # A third of the lease between beats; a claim that brings a shorter lease wakes us.
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._lease_changed.wait(), max(self.lease_seconds / 3, 0.05))
@@ -422,7 +434,7 @@ class Worker:
         (heartbeats would notice too, a third of a lease later)."""
         since: int | None = None
         delay = 0.5
-        while True:
+        while not self._closing:
             params = {"kind": models.EV_ABORTED, "queue": ",".join(self.queues),
                       **({"since": str(since)} if since is not None else {})}
             try:
