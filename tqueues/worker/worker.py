@@ -34,7 +34,8 @@ ISOLATIONS = ("process", "thread")
 LOG_BATCH = 500             # captured lines sent in one request
 LOG_INTERVAL = 0.2          # seconds between sends of captured lines while jobs print
 MAX_LOG_BACKLOG = 100_000   # lines kept while the dispatcher is unreachable; newer ones are dropped
-BACKGROUND_STOP = 5.0        # seconds close() waits for the background loops to end once cancelled
+BACKGROUND_STOP = 5.0       # seconds close() waits for the background loops to end once cancelled
+STOPPING_REQUEST = 5.0      # seconds a request made while stopping may take
 
 
 class Worker:
@@ -151,7 +152,7 @@ class Worker:
         self._buffer.clear()
         if leftovers:
             with contextlib.suppress(ClientError):
-                await self.client.request("POST", "api/v1/release",
+                await self.client.request("POST", "api/v1/release", timeout=STOPPING_REQUEST,
                                           json={"leases": [{"id": i, "lease": l} for i, l in leftovers]})
                 log.info("released %d job(s) on shutdown", len(leftovers))
         for task in self._background:
@@ -356,7 +357,7 @@ class Worker:
                 log.warning("%d captured line(s) dropped while the dispatcher was unreachable", self._logs_dropped)
                 self._logs_dropped = 0
             try:
-                await self.client.request("POST", "api/v1/logs", json={"lines": batch})
+                await self.client.request("POST", "api/v1/logs", json={"lines": batch}, timeout=self._request_timeout())
             except ClientError as exc:
                 if exc.status and 400 <= exc.status < 500:
                     log.error("dispatcher refused %d log line(s): %s", len(batch), exc)
@@ -371,7 +372,7 @@ class Worker:
         while self._outcomes:
             batch, self._outcomes = self._outcomes, []
             try:
-                answer = await self.client.request("POST", "api/v1/complete",
+                answer = await self.client.request("POST", "api/v1/complete", timeout=self._request_timeout(),
                                                    json={"outcomes": [o for _, o in batch], "documents": False})
             except ClientError as exc:
                 if exc.status and 400 <= exc.status < 500:
@@ -456,6 +457,11 @@ class Worker:
                 log.debug("abort feed: %s", exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
+
+    def _request_timeout(self) -> float | None:
+        """While stopping, a dispatcher that accepted the connection but does not answer (it
+        is stopping too) is not waited for as long as usual."""
+        return STOPPING_REQUEST if self._stopping.is_set() else None
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(asyncio.TimeoutError):
