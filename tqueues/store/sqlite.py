@@ -166,6 +166,12 @@ CHECKPOINT_BYTES = 32 * 1024 * 1024
 Event = tuple[str, str | None, str | None, dict[str, Any]]   # kind, queue, job_id, new_val
 
 
+# A queue's ready jobs in claim order: (seq, priority, run_at); parameters queue, now, limit.
+# INDEXED BY: left alone, SQLite may pick the (queue, run_at) index and sort every ready job.
+_READY_WALK = ("SELECT seq, priority, run_at FROM jobs INDEXED BY jobs_ready"
+               " WHERE status = 'pending' AND queue = ? AND run_at <= ? ORDER BY priority DESC, run_at, seq LIMIT ?")
+
+
 def job_row(doc: dict[str, Any]) -> list[Any]:
     """The column values of a job document, JSON columns serialised, in JOB_KEYS order."""
     row = list(JOB_VALUES(doc))
@@ -834,12 +840,8 @@ class SQLiteStore(Store):
             return []
         lease = lease_prefix + secrets.token_hex(16)
         # One ordered walk of the ready index per queue (O(log n + limit)); several queues
-        # are merged by priority afterwards. INDEXED BY: left alone, SQLite may pick the
-        # (queue, run_at) index and sort every ready job on each claim.
-        picks = " UNION ALL ".join(
-            "SELECT * FROM (SELECT seq, priority, run_at FROM jobs INDEXED BY jobs_ready"
-            " WHERE status = 'pending' AND queue = ? AND run_at <= ? ORDER BY priority DESC, run_at, seq LIMIT ?)"
-            for _ in active)
+        # are merged by priority afterwards.
+        picks = " UNION ALL ".join(f"SELECT * FROM ({_READY_WALK})" for _ in active)
         params: list[Any] = []
         for queue in active:
             params += [queue, now, limit]
@@ -877,9 +879,8 @@ class SQLiteStore(Store):
             # The claim's first pick among the jobs already ready, if any, against the new one.
             first = None
             for queue in active:
-                row = conn.execute("SELECT priority, run_at FROM jobs INDEXED BY jobs_ready"
-                                   " WHERE status = 'pending' AND queue = ? AND run_at <= ?"
-                                   " ORDER BY priority DESC, run_at, seq LIMIT 1", (queue, now)).fetchone()
+                found = conn.execute(_READY_WALK, (queue, now, 1)).fetchone()
+                row = found[1:] if found is not None else None
                 if row is not None and (first is None or (-row[0], row[1]) < (-first[0], first[1])):
                     first = row
             if job.queue not in active or (first is not None and (-first[0], first[1]) <= (-doc["priority"], doc["run_at"])):

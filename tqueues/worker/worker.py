@@ -160,7 +160,7 @@ class Worker:
         if self._background:
             await asyncio.wait(self._background, timeout=BACKGROUND_STOP)
         with contextlib.suppress(ClientError):
-            await self.client.request("POST", "api/v1/workers", json=self.info("stopped"), timeout=5)
+            await self.client.request("POST", "api/v1/workers", json=self.info("stopped"), timeout=STOPPING_REQUEST)
         if self._pool is not None:
             await self._pool.close()
         if self._threads is not None:
