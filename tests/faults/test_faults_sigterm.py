@@ -10,6 +10,8 @@ import time
 
 import pytest
 from faults.harness import RECORD, RECORD_PLAIN, Rig, Size, wait_for
+from faults.proxy import FaultProxy
+from faults.test_faults_network import port_of
 
 from tqueues import Client
 
@@ -130,3 +132,37 @@ async def test_given_the_dispatcher_gone_when_a_worker_is_stopped_then_it_waits_
     assert rig.ledger.count("run", tags=[short["key"], long["key"]]) == 2
     assert "giving up reporting" in worker.output()
     assert used < 1.5, f"the worker used {used:.1f} s of CPU while it waited for an unreachable dispatcher"
+
+
+async def test_given_a_partition_when_a_worker_is_stopped_then_it_stops_waiting_for_the_dispatcher_after_its_stopping_time(
+        rig: Rig) -> None:
+    if rig.backend != "sqlite":
+        pytest.skip("the worker's side only: SQLite covers it")
+    url = rig.start_dispatcher("--lease", "30")
+    proxy = await FaultProxy(port_of(url)).start()
+    try:
+        producer = rig.producer()
+        worker = rig.worker("cutoff", "--grace", "5", concurrency=1, url=proxy.url)
+        # Given a job running on a worker that reaches its dispatcher through a proxy
+        job = producer.job("cutoff-1", queue="cutoff", seconds=1.0)
+        async with producer.session() as session:
+            await producer.enqueue(session, [job])
+        await wait_for(lambda: rig.ledger.count("begin", tags=[job["key"]]) == 1, 30, "the job never started")
+
+        # When the network is split (connections are accepted, nothing is answered) and the
+        # worker is told to stop
+        proxy.partition()
+        worker.popen.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        while worker.popen.poll() is None and time.monotonic() - started < 60:
+            await asyncio.sleep(0.1)
+        took = time.monotonic() - started
+    finally:
+        await proxy.close()
+
+    # Then the job ends, its outcome is tried for about six seconds in all (not six tries of
+    # five seconds each), and the worker exits 0 soon after
+    assert worker.popen.poll() == 0, worker.output()[-3000:]
+    assert rig.ledger.count("run", tags=[job["key"]]) == 1
+    assert "giving up reporting 1 outcome(s)" in worker.output(), worker.output()[-3000:]
+    assert took < 12, f"the worker took {took:.1f} s to stop behind a partition"

@@ -36,6 +36,8 @@ LOG_INTERVAL = 0.2          # seconds between sends of captured lines while jobs
 MAX_LOG_BACKLOG = 100_000   # lines kept while the dispatcher is unreachable; newer ones are dropped
 BACKGROUND_STOP = 5.0       # seconds close() waits for the background loops to end once cancelled
 STOPPING_REQUEST = 5.0      # seconds a request made while stopping may take
+STOPPING_GIVE_UP = 6.0      # seconds, while stopping, an unreachable dispatcher is tried in all
+LAST_WORD = 0.5             # seconds each request may take once that time is spent
 
 
 class Worker:
@@ -93,6 +95,11 @@ class Worker:
         # Set by close(): the background loops end at their next turn even if a cancellation
         # is lost (one that lands while a connection attempt fails can be turned into an error).
         self._closing = False
+        # While stopping: loop time at which the first request that failed to reach the
+        # dispatcher was sent (None while every request gets through).
+        self._unreachable_since: float | None = None
+        self._flush_lock = asyncio.Lock()   # one sender of outcomes at a time (the flusher, close())
+        self._sending: list[tuple[Job, dict[str, Any]]] = []   # outcomes on their way
         self._pool: ProcessPool | None = None
         self._threads: Any = None
         self._started = False
@@ -148,19 +155,19 @@ class Worker:
         await self._flush_all()
         self._ready.clear()   # still held: released below
         leftovers = [(doc["id"], doc["lease"]) for doc in self._buffer]
-        leftovers += [(job.id, job.lease) for job in self._held.values() if job not in {j for j, _ in self._outcomes}]
+        reported = {job for job, _ in self._outcomes + self._sending}
+        leftovers += [(job.id, job.lease) for job in self._held.values() if job not in reported]
         self._buffer.clear()
         if leftovers:
             with contextlib.suppress(ClientError):
-                await self.client.request("POST", "api/v1/release", timeout=STOPPING_REQUEST,
-                                          json={"leases": [{"id": i, "lease": l} for i, l in leftovers]})
+                await self._send("api/v1/release", {"leases": [{"id": i, "lease": l} for i, l in leftovers]})
                 log.info("released %d job(s) on shutdown", len(leftovers))
         for task in self._background:
             task.cancel()
         if self._background:
             await asyncio.wait(self._background, timeout=BACKGROUND_STOP)
         with contextlib.suppress(ClientError):
-            await self.client.request("POST", "api/v1/workers", json=self.info("stopped"), timeout=STOPPING_REQUEST)
+            await self._send("api/v1/workers", self.info("stopped"))
         if self._pool is not None:
             await self._pool.close()
         if self._threads is not None:
@@ -357,7 +364,7 @@ class Worker:
                 log.warning("%d captured line(s) dropped while the dispatcher was unreachable", self._logs_dropped)
                 self._logs_dropped = 0
             try:
-                await self.client.request("POST", "api/v1/logs", json={"lines": batch}, timeout=self._request_timeout())
+                await self._send("api/v1/logs", {"lines": batch})
             except ClientError as exc:
                 if exc.status and 400 <= exc.status < 500:
                     log.error("dispatcher refused %d log line(s): %s", len(batch), exc)
@@ -367,28 +374,38 @@ class Worker:
                 return
 
     async def _flush_all(self) -> None:
-        await self._flush_logs()
+        """Send captured lines, then outcomes, until none are left (or, while stopping, the
+        dispatcher stayed unreachable too long). close() waits here for the flusher's send."""
+        async with self._flush_lock:
+            await self._flush_logs()
+            await self._flush_outcomes()
+
+    async def _flush_outcomes(self) -> None:
         delay = 0.2
         while self._outcomes:
             batch, self._outcomes = self._outcomes, []
+            self._sending = batch
             try:
-                answer = await self.client.request("POST", "api/v1/complete", timeout=self._request_timeout(),
-                                                   json={"outcomes": [o for _, o in batch], "documents": False})
+                answer = await self._send("api/v1/complete", {"outcomes": [o for _, o in batch], "documents": False})
             except ClientError as exc:
                 if exc.status and 400 <= exc.status < 500:
                     log.error("dispatcher refused outcomes: %s", exc)
+                    self._sending = []
                     for job, _ in batch:
                         self._drop(job)
                     continue
-                self._outcomes = batch + self._outcomes
-                if self._stopping.is_set() and delay > 5:
-                    # Stopping, and the dispatcher has stayed unreachable for about six seconds:
-                    # these jobs run again once their leases expire.
+                self._outcomes, self._sending = batch + self._outcomes, []
+                left = self._stopping_time_left()
+                if left is not None and left <= 0:
+                    # Stopping, and the dispatcher has stayed unreachable for STOPPING_GIVE_UP
+                    # seconds: these jobs run again once their leases expire.
                     log.error("giving up reporting %d outcome(s): %s", len(self._outcomes), exc)
                     for job, _ in self._outcomes:
                         self._drop(job)
                     self._outcomes = []
                     return
+                if left is not None:
+                    delay = min(delay, left)
                 log.warning("cannot report outcomes (%s); retrying in %.1f s", exc, delay)
                 if self._stopping.is_set():
                     await asyncio.sleep(delay)   # a stop no longer cuts the wait short
@@ -396,6 +413,7 @@ class Worker:
                     await self._sleep(delay)
                 delay = min(delay * 2, 10.0)
                 continue
+            self._sending = []
             for (job, outcome), result in zip(batch, answer["results"]):
                 self._drop(job)
                 if not result["ok"]:
@@ -458,10 +476,32 @@ class Worker:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
 
-    def _request_timeout(self) -> float | None:
-        """While stopping, a dispatcher that accepted the connection but does not answer (it
-        is stopping too) is not waited for as long as usual."""
-        return STOPPING_REQUEST if self._stopping.is_set() else None
+    async def _send(self, path: str, body: Any) -> Any:
+        """POST ``body``; while stopping, within the time left for an unreachable dispatcher.
+
+        A dispatcher that accepts connections but does not answer (it is stopping too, or a
+        network partition) is waited for STOPPING_REQUEST seconds per request, and STOPPING_GIVE_UP
+        seconds in all from the first request that failed; after that each request (the
+        release of held jobs, the stopped registration) gets LAST_WORD seconds."""
+        if not self._stopping.is_set():
+            return await self.client.request("POST", path, json=body)
+        sent = asyncio.get_running_loop().time()
+        left = self._stopping_time_left()
+        timeout = STOPPING_REQUEST if left is None else max(min(STOPPING_REQUEST, left), LAST_WORD)
+        try:
+            answer = await self.client.request("POST", path, json=body, timeout=timeout)
+        except ClientError as exc:
+            if not (exc.status and 400 <= exc.status < 500) and self._unreachable_since is None:
+                self._unreachable_since = sent
+            raise
+        self._unreachable_since = None
+        return answer
+
+    def _stopping_time_left(self) -> float | None:
+        """Seconds left to reach the dispatcher while stopping (None: no request has failed)."""
+        if self._unreachable_since is None or not self._stopping.is_set():
+            return None
+        return self._unreachable_since + STOPPING_GIVE_UP - asyncio.get_running_loop().time()
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(asyncio.TimeoutError):
