@@ -133,11 +133,17 @@ class Client:
                 return answer["job"]
         return await self.request("POST", "api/v1/jobs", json=spec)
 
-    async def enqueue_many(self, jobs: Iterable[Mapping[str, Any]], *, chunk: int = 5000) -> list[dict[str, Any]]:
-        """Enqueue job objects (see :func:`job_spec`) in batches, each batch atomically."""
+    async def enqueue_many(self, jobs: Iterable[Mapping[str, Any]], *, chunk: int = 5000,
+                           documents: bool = True) -> list[dict[str, Any]]:
+        """Enqueue job objects (see :func:`job_spec`) in batches, each batch atomically.
+
+        Returns the jobs as stored, in order; with ``documents=False`` only ``{"id", "status",
+        "created"}`` for each (``created`` false: its ``key`` matched an existing job), which
+        spares both sides the whole documents when loading many jobs."""
         out: list[dict[str, Any]] = []
+        body: dict[str, Any] = {} if documents else {"documents": False}
         for part in models.iter_chunks(jobs, chunk):
-            answer = await self.request("POST", "api/v1/jobs", json={"jobs": part})
+            answer = await self.request("POST", "api/v1/jobs", json={"jobs": part, **body})
             out.extend(answer["jobs"])
         return out
 

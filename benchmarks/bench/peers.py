@@ -203,7 +203,7 @@ class Peer:
             await x["queries"].enqueue(["bench_job"] * len(ns), [str(n).encode() for n in ns], [0] * len(ns))
         elif self.tqueues:
             await x["client"].enqueue_many([{"queue": QUEUE, "method": "bench.apps.tqueues_app:job", "args": [n]}
-                                            for n in ns], chunk=len(ns))
+                                            for n in ns], chunk=len(ns), documents=False)
         else:
             raise NotImplementedError(name)
 
@@ -237,7 +237,8 @@ PEERS: list[Peer] = [
          "dispatcher on SQLite (WAL) + 2 × `tqueues_worker --concurrency 16 --prefetch 128` (coroutine job on the "
          "worker loop; the prefetch docs/workers.md recommends for jobs of a few milliseconds); "
          "producer → dispatcher → workers over real connections: `Client.enqueue` over its enqueue websocket "
-         "(the client's default), batches and claims over HTTP", has_batch=True, tqueues=True),
+         "(the client's default), batches (`enqueue_many(documents=False)`: answered with ids, as PgQueuer's are) "
+         "and claims over HTTP", has_batch=True, tqueues=True),
     Peer("tqueues-postgres", "tqueues (this repository)", "postgres",
          "dispatcher on PostgreSQL (`--pool-size 10`) + 2 × `tqueues_worker --concurrency 16 --prefetch 128`; "
          "connections as above",

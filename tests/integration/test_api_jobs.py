@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 from support.server import Server
 
+import tqueues
 from tqueues.dispatcher import HUB
 
 METHOD = "support.jobs:echo"
@@ -100,6 +101,41 @@ async def test_given_one_key_twice_in_one_batch_then_both_items_are_the_same_job
     assert status == 201
     assert body["jobs"][0]["id"] == body["jobs"][1]["id"]
     assert len(await server.store.list_jobs()) == 1
+
+
+async def test_given_documents_false_when_a_batch_is_posted_then_each_item_is_its_id_status_and_created(
+        server: Server) -> None:
+    # Given a job with a key already there
+    first = await enqueue(server, key="k1")
+    # When a batch naming that key and two new jobs is posted asking for no documents
+    status, body = await server.call("POST", "/api/v1/jobs", json={"documents": False, "jobs": [
+        {"queue": "q", "method": METHOD, "args": [1]}, {"queue": "q", "method": METHOD, "key": "k1"},
+        {"queue": "q", "method": METHOD, "args": [3], "run_at": time.time() + 3600}]})
+    # Then each item is only the id, status and whether it was created, in order
+    assert status == 201
+    assert [set(item) for item in body["jobs"]] == [{"id", "status", "created"}] * 3
+    assert [(i["status"], i["created"]) for i in body["jobs"]] == [("pending", True), ("pending", False), ("pending", True)]
+    assert body["jobs"][1]["id"] == first["id"]
+    # And the ids are those of the stored jobs
+    assert (await server.store.get(body["jobs"][0]["id"]))["args"] == [1]
+    assert (await server.store.get(body["jobs"][2]["id"]))["args"] == [3]
+
+
+async def test_given_documents_that_is_not_a_boolean_when_a_batch_is_posted_then_400_and_nothing_is_enqueued(
+        server: Server) -> None:
+    status, body = await server.call("POST", "/api/v1/jobs", json={"documents": "no", "jobs": [{"queue": "q", "method": METHOD}]})
+    assert status == 400
+    assert body["error"]["field"] == "documents"
+    assert await server.store.list_jobs() == []
+
+
+async def test_given_a_client_when_enqueue_many_without_documents_then_it_returns_the_ids_in_order(
+        server: Server) -> None:
+    async with tqueues.Client(server.url) as client:
+        items = await client.enqueue_many([{"queue": "q", "method": METHOD, "args": [n]} for n in range(5)],
+                                          chunk=2, documents=False)
+    assert [set(i) for i in items] == [{"id", "status", "created"}] * 5
+    assert [(await server.store.get(i["id"]))["args"] for i in items] == [[n] for n in range(5)]
 
 
 # ---------------------------------------------------------------------------- read

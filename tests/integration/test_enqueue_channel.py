@@ -55,6 +55,18 @@ async def test_given_a_channel_when_jobs_are_sent_then_each_answer_carries_its_r
     await ws.close()
 
 
+async def test_given_a_channel_when_a_batch_asks_for_no_documents_then_it_is_answered_with_ids(server: Server) -> None:
+    ws = await open_channel(server)
+    answer = await ask(ws, {"ref": 7, "jobs": [job(1), job(2)], "documents": False})
+    assert (answer["ref"], answer["status"]) == (7, 201)
+    assert [set(item) for item in answer["jobs"]] == [{"id", "status", "created"}] * 2
+    assert {j["id"] for j in await jobs_in(server)} == {item["id"] for item in answer["jobs"]}
+    bad = await ask(ws, {"ref": 8, "jobs": [job(3)], "documents": 0})
+    assert (bad["status"], bad["error"]["field"]) == (400, "documents")
+    assert len(await jobs_in(server)) == 2
+    await ws.close()
+
+
 async def test_given_a_channel_when_many_messages_are_sent_without_waiting_then_every_one_is_answered_once(
         server: Server) -> None:
     ws = await open_channel(server)

@@ -31,7 +31,7 @@ from .. import models
 from ..errors import InvalidRequest, TQueuesError
 from . import auth
 from .app import admit, app_state, error_answer
-from .views import check_enqueue, enqueue_jobs
+from .views import check_enqueue, documents_param, enqueue_jobs, enqueued
 
 log = logging.getLogger("tqueues.dispatcher.channel")
 
@@ -105,11 +105,12 @@ async def handle(request: web.Request, token: str | None, data: Any) -> dict[str
         await admit(request, token, SCOPES)   # as for one POST /api/v1/jobs
         body = message["job"] if "job" in message else {"jobs": message["jobs"]}
         jobs, batch = models.parse_jobs(body)
+        documents = documents_param(message) if "jobs" in message else True
         await check_enqueue(request, jobs)
         results = await enqueue_jobs(request, jobs)
         status = 201 if any(created for _, created in results) else 200
         if batch:
-            return {"ref": ref, "status": status, "jobs": [models.public_job(job) for job, _ in results]}
+            return {"ref": ref, "status": status, "jobs": enqueued(results, documents)}
         return {"ref": ref, "status": status, "job": models.public_job(results[0][0])}
     except TQueuesError as exc:
         status, body, headers = error_answer(exc)

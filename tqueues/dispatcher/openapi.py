@@ -64,8 +64,15 @@ OPENAPI: dict[str, Any] = {
             "post": _op("Enqueue one job, a list of jobs, or {\"jobs\": [...]} (201 when any job was created;"
                         " 422 for a method no worker of a strict queue registered)", created=True, errors=(400, 422),
                         body={"oneOf": [{"$ref": "#/components/schemas/NewJob"},
-                                        {"type": "array", "items": {"$ref": "#/components/schemas/NewJob"}}]},
-                        ok={"oneOf": [JOB, {"type": "object", "properties": {"jobs": {"type": "array", "items": JOB}}}]}),
+                                        {"type": "array", "items": {"$ref": "#/components/schemas/NewJob"}},
+                                        {"type": "object", "required": ["jobs"], "properties": {
+                                            "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/NewJob"}},
+                                            "documents": {"type": "boolean", "description":
+                                                          "false: answer each job with id, status and created only"}}}]},
+                        ok={"oneOf": [JOB, {"type": "object", "properties": {"jobs": {"type": "array", "items": {
+                            "oneOf": [JOB, {"type": "object", "properties": {
+                                "id": {"type": "string"}, "status": {"type": "string"},
+                                "created": {"type": "boolean"}}}]}}}}]}),
             "get": _op("List jobs, newest first (404 when the before cursor names no job)", errors=(400, 404),
                        params=[_q("queue"), _q("status"), _q("method"), _q("limit", "integer"),
                                _q("before", description="job id cursor"),

@@ -194,16 +194,31 @@ def worker_param(body: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------- jobs
 
 async def create_jobs(request: web.Request) -> web.Response:
-    store, _, _ = app_state(request)
     body = await read_json(request)
     jobs, batch = models.parse_jobs(body)
+    documents = documents_param(body)
     await check_enqueue(request, jobs)
     results = await enqueue_jobs(request, jobs)
     created = any(was_created for _, was_created in results)
     status = 201 if created else 200
     if batch:
-        return json_response({"jobs": [shown(job) for job, _ in results]}, status)
+        return json_response({"jobs": enqueued(results, documents)}, status)
     return json_response(shown(results[0][0]), status)
+
+
+def documents_param(body: Any) -> bool:
+    """``{"jobs": [...], "documents": false}``: a batch answered with ids, not whole jobs."""
+    if isinstance(body, dict) and "jobs" in body and "method" not in body:
+        return field(body, "documents", bool, required=False, default=True)
+    return True
+
+
+def enqueued(results: list[tuple[dict[str, Any], bool]], documents: bool) -> list[dict[str, Any]]:
+    """A batch's answer items: each job as stored, or (``documents`` false) its id, status and
+    whether it was created (false: its key matched an existing job)."""
+    if documents:
+        return [shown(job) for job, _ in results]
+    return [{"id": job["id"], "status": job["status"], "created": created} for job, created in results]
 
 
 async def enqueue_jobs(request: web.Request, jobs: list[models.NewJob]) -> list[tuple[dict[str, Any], bool]]:
