@@ -158,6 +158,41 @@ async def test_given_a_version_7_database_when_opened_then_event_seqs_continue_f
         assert counter == 2 and seqs == [1, 2, 3, 4]
 
 
+async def test_given_a_version_8_database_when_opened_then_event_documents_are_json_and_older_ones_read_the_same(
+        db_url: str) -> None:
+    # Given the schema as tqueues left it at version 8 (event documents as jsonb), holding the
+    # events of a job enqueued and claimed
+    async def fill(store: Store) -> None:
+        await store.enqueue([models.NewJob(queue="q", method="m:f", args=[1, "two"], data={"k": [None, 2.5]})])
+        await store.claim(["q"], "w", 1)
+
+    old_events: list[dict[str, Any]] = []
+
+    async def fill_and_read(store: Store) -> None:
+        await fill(store)
+        old_events.extend(await store.events_since(0))
+
+    async with opened_after(db_url, 8, "ALTER TABLE tqueues_events ALTER COLUMN doc TYPE jsonb USING doc::jsonb",
+                            before=fill_and_read) as store:
+        # When this tqueues opens it and writes more events
+        conn = await asyncpg.connect(db_url)
+        try:
+            kind = await conn.fetchval("SELECT data_type FROM information_schema.columns"
+                                       " WHERE table_name = 'tqueues_events' AND column_name = 'doc'")
+        finally:
+            await conn.close()
+        (job,) = await store.claim(["q"], "w", 1) or [None]
+        await fill(store)
+        events = await store.events_since(0)
+    # Then the column is json, the events written before read back as they were, and new ones
+    # carry their documents
+    assert kind == "json" and job is None
+    assert [(e["seq"], e["kind"], e["new_val"]) for e in events[:len(old_events)]] == \
+        [(e["seq"], e["kind"], e["new_val"]) for e in old_events]
+    assert [e["kind"] for e in events[len(old_events):]] == ["job.created", "job.started"]
+    assert events[-1]["new_val"]["status"] == "started"
+
+
 async def test_job_events_are_stored_as_value_arrays_and_events_written_as_objects_still_read(db_url: str) -> None:
     store = open_store(db_url)
     await store.open()
@@ -175,7 +210,7 @@ async def test_job_events_are_stored_as_value_arrays_and_events_written_as_objec
     async def created_is_array() -> bool:
         conn = await asyncpg.connect(db_url)
         try:
-            return await conn.fetchval("SELECT jsonb_typeof(doc) FROM tqueues_events WHERE kind = 'job.created'") == "array"
+            return await conn.fetchval("SELECT json_typeof(doc) FROM tqueues_events WHERE kind = 'job.created'") == "array"
         finally:
             await conn.close()
 
