@@ -1,9 +1,10 @@
 """The PostgreSQL store: many dispatchers, one database.
 
 Design
-    * asyncpg. A pool of connections for reads; one writer connection per dispatcher that
-      runs every operation waiting in ONE transaction and commits once: group commit, as in
-      the SQLite store. Round trips are what a busy dispatcher waits on, so a group first runs
+    * asyncpg. A pool of connections for reads; WRITERS (two) writer connections per
+      dispatcher, each of which runs every operation waiting in ONE transaction and commits
+      once: group commit, as in the SQLite store, with the next group written while the last
+      one commits. Round trips are what a busy dispatcher waits on, so a group first runs
       without savepoints; only if one of its operations raises is it rolled back and run again
       with a savepoint per operation, so that the failing one rolls back alone. The events of
       a group are inserted, and NOTIFY sent, by one statement.
@@ -48,6 +49,7 @@ SCHEMA_VERSION = 9
 EVENT_LOCK = 0x7471_7565_7565_73   # advisory lock that ordered event seqs before schema version 8 ("tqueues")
 MIGRATE_LOCK = EVENT_LOCK + 1
 CHANNEL = "tqueues_events"
+WRITERS = 2   # connections writing groups of operations at once (see _write_loop)
 MAX_GROUP = 512
 POLL_INTERVAL = 1.0    # the backstop of LISTEN/NOTIFY
 # Plan every statement for its parameters. asyncpg prepares statements once per connection, and
@@ -340,7 +342,7 @@ class PostgresStore(Store):
             raise ConfigurationError("pool_size must be at least 2")
         self.dsn = urlunsplit(parts._replace(scheme="postgresql", query="&".join(f"{k}={v}" for k, v in query.items())))
         self._pool: Any = None
-        self._writer_conn: Any = None
+        self._writer_conns: list[Any] = [None] * WRITERS
         self._failed_recently = False   # an operation of the last group raised: use savepoints
         self._queues_known: set[str] = set()
         self._ops: asyncio.Queue[tuple[Op, asyncio.Future[Any]] | None] = asyncio.Queue()
@@ -366,23 +368,24 @@ class PostgresStore(Store):
             if _disconnected(exc) or isinstance(exc, asyncpg.PostgresError):
                 raise StoreUnavailable(f"cannot open PostgreSQL store {redact(self.dsn)}: {exc}") from None
             raise
-        self._tasks = [asyncio.ensure_future(self._write_loop()), asyncio.ensure_future(self._listen_loop()),
-                       asyncio.ensure_future(self._catch_up_loop())]
+        self._tasks = [*(asyncio.ensure_future(self._write_loop(slot)) for slot in range(WRITERS)),
+                       asyncio.ensure_future(self._listen_loop()), asyncio.ensure_future(self._catch_up_loop())]
 
     async def _close(self) -> None:
-        await self._ops.put(None)
-        for task in self._tasks:
-            if task is not self._tasks[0]:
-                task.cancel()
+        for _ in range(WRITERS):
+            await self._ops.put(None)
+        for task in self._tasks[WRITERS:]:
+            task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(task, 10)
         self._tasks = []
-        for conn in (self._writer_conn, self._listener):
+        for conn in (*self._writer_conns, self._listener):
             if conn is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(conn.close(), 5)
-        self._writer_conn = self._listener = None
+        self._writer_conns = [None] * WRITERS
+        self._listener = None
         if self._pool is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._pool.close(), 10)
@@ -419,7 +422,13 @@ class PostgresStore(Store):
         await self._ops.put((fn, future))
         return await future
 
-    async def _write_loop(self) -> None:
+    async def _write_loop(self, slot: int) -> None:
+        """One of WRITERS loops, each with its own connection: while one group's statements
+        and commit are on their way, the next group is already being written by another. They
+        coordinate as dispatchers sharing a database do (claims skip rows locked by another
+        transaction, completions lock their rows in id order, event seqs come from the counter
+        row in commit order); our own events are published in seq order either way (see
+        _publish_in_order)."""
         while True:
             first = await self._ops.get()
             if first is None:
@@ -432,11 +441,11 @@ class PostgresStore(Store):
                     stop = True
                     break
                 batch.append(item)
-            await self._run_group(batch)
+            await self._run_group(batch, slot)
             if stop:
                 return
 
-    async def _run_group(self, batch: list[tuple[Op, asyncio.Future[Any]]]) -> None:
+    async def _run_group(self, batch: list[tuple[Op, asyncio.Future[Any]]], slot: int = 0) -> None:
         """One transaction for every operation waiting. Optimistically without savepoints
         (each is two round trips per operation); if an operation raises, the transaction is
         rolled back and the group runs again with one savepoint per operation, so the one that
@@ -444,9 +453,9 @@ class PostgresStore(Store):
         results: list[tuple[asyncio.Future[Any], bool, Any]] = []
         published: list[dict[str, Any]] = []
         try:
-            if self._writer_conn is None or self._writer_conn.is_closed():
-                self._writer_conn = await self._connect()
-            conn = self._writer_conn
+            conn = self._writer_conns[slot]
+            if conn is None or conn.is_closed():
+                conn = self._writer_conns[slot] = await self._connect()
             if len(batch) == 1 and getattr(batch[0][0], "one_statement", False):
                 tx = _Tx(conn)
                 try:
@@ -476,10 +485,11 @@ class PostgresStore(Store):
                 log.exception("write transaction failed")
             else:
                 log.warning("write transaction failed: %s", exc)
-            if self._writer_conn is not None and (_disconnected(exc) or self._writer_conn.is_closed()):
+            conn = self._writer_conns[slot]
+            if conn is not None and (_disconnected(exc) or conn.is_closed()):
                 with contextlib.suppress(Exception):
-                    self._writer_conn.terminate()
-                self._writer_conn = None
+                    conn.terminate()
+                self._writer_conns[slot] = None
             error = _unavailable(exc) if _disconnected(exc) else StoreUnavailable(f"PostgreSQL write failed: {exc}")
             results = [(future, False, error) for _, future in batch]
             published = []
@@ -843,10 +853,13 @@ class PostgresStore(Store):
             expires = now + lease_seconds
             alive: set[tuple[str, str]] = set()
             if leases:
+                # In id order, as completions lock their rows: a worker's heartbeat and its
+                # completions may be written at once by two writers (or dispatchers).
+                ordered = sorted(set(leases))
                 rows = await tx.conn.fetch(
                     "UPDATE tqueues_jobs j SET lease_expires = $1 FROM unnest($2::text[], $3::text[]) AS l(id, lease)"
                     " WHERE j.id = l.id AND j.lease = l.lease AND j.status = 'started' RETURNING j.id, j.lease",
-                    expires, [i for i, _ in leases], [l for _, l in leases])
+                    expires, [i for i, _ in ordered], [l for _, l in ordered])
                 alive = {(r["id"], r["lease"]) for r in rows}
             if worker is not None:
                 await tx.conn.execute("UPDATE tqueues_workers SET last_seen = $1 WHERE id = $2", now, worker)
