@@ -53,3 +53,33 @@ async def test_given_a_failing_operation_alone_then_it_fails_and_changes_nothing
     assert await store.last_seq() == before
     [(job, created)] = await store.enqueue([spec(1)])
     assert created and (await store.events_since(before))[0]["job_id"] == job["id"]
+
+
+async def test_given_an_operation_chosen_as_a_deadlocks_victim_then_it_runs_again_and_lands(store, db_url: str) -> None:
+    import asyncpg
+
+    # Given two jobs leased to one worker
+    await store.enqueue([spec(1), spec(2)])
+    leased = sorted(await store.claim(["g"], "w", 2), key=lambda job: job["id"])
+    first, second = leased
+    other = await asyncpg.connect(db_url)
+    try:
+        # And another transaction (slow to detect deadlocks) holding the second job's row
+        tx = other.transaction()
+        await tx.start()
+        await other.execute("SET LOCAL deadlock_timeout = '10s'")
+        await other.execute("SELECT 1 FROM tqueues_jobs WHERE id = $1 FOR UPDATE", second["id"])
+        # When the worker releases both (the first row locked, then waiting for the second) and
+        # the other transaction asks for the first row: a deadlock, the release its victim
+        release = asyncio.ensure_future(store.release([(j["id"], j["lease"]) for j in (second, first)]))
+        await asyncio.sleep(0.3)
+        await other.execute("SELECT 1 FROM tqueues_jobs WHERE id = $1 FOR UPDATE", first["id"])
+        await tx.commit()
+        results = await asyncio.wait_for(release, 10)
+    finally:
+        await other.close()
+    # Then the release ran again once the other transaction ended, and both jobs are back
+    assert [r["ok"] for r in results] == [True, True]
+    assert [r["job"]["id"] for r in results] == [second["id"], first["id"]]
+    for job in leased:
+        assert (await store.get(job["id"]))["status"] == "pending"

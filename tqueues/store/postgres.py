@@ -293,6 +293,12 @@ async def _init_connection(conn: Any) -> None:
     await conn.set_type_codec("json", encoder=models.dumps_str, decoder=models.loads, schema="pg_catalog")
 
 
+# Errors that say nothing about the operation, only about its timing against another
+# transaction: the operation runs again (once) instead of failing.
+_RETRYABLE: tuple[type[BaseException], ...] = (
+    (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError) if asyncpg is not None else ())
+
+
 class _OperationFailed(Exception):
     """An operation of a group run without savepoints raised ``error``."""
 
@@ -343,6 +349,7 @@ class PostgresStore(Store):
         self.dsn = urlunsplit(parts._replace(scheme="postgresql", query="&".join(f"{k}={v}" for k, v in query.items())))
         self._pool: Any = None
         self._writer_conns: list[Any] = [None] * WRITERS
+        self._take_lock = asyncio.Lock()     # see _write_loop
         self._failed_recently = False   # an operation of the last group raised: use savepoints
         self._queues_known: set[str] = set()
         self._ops: asyncio.Queue[tuple[Op, asyncio.Future[Any]] | None] = asyncio.Queue()
@@ -428,19 +435,24 @@ class PostgresStore(Store):
         coordinate as dispatchers sharing a database do (claims skip rows locked by another
         transaction, completions lock their rows in id order, event seqs come from the counter
         row in commit order); our own events are published in seq order either way (see
-        _publish_in_order)."""
+        _publish_in_order).
+
+        One writer at a time waits for operations (the take lock): operations submitted
+        together, such as an enqueue and the claims of the workers it wakes, are taken
+        together into one group rather than split between the two."""
         while True:
-            first = await self._ops.get()
-            if first is None:
-                return
-            batch = [first]
-            stop = False
-            while len(batch) < MAX_GROUP and not self._ops.empty():
-                item = self._ops.get_nowait()
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
+            async with self._take_lock:
+                first = await self._ops.get()
+                if first is None:
+                    return
+                batch = [first]
+                stop = False
+                while len(batch) < MAX_GROUP and not self._ops.empty():
+                    item = self._ops.get_nowait()
+                    if item is None:
+                        stop = True
+                        break
+                    batch.append(item)
             await self._run_group(batch, slot)
             if stop:
                 return
@@ -468,10 +480,16 @@ class PostgresStore(Store):
                         raise
                     results = [(batch[0][1], False, exc)]
             elif len(batch) == 1:   # alone in its transaction: a failure rolls back just it
-                try:
-                    results, published = await self._attempt_group(conn, batch, savepoints=False)
-                except _OperationFailed as failed:
-                    results, published = [(batch[0][1], False, failed.error)], []
+                for attempt in range(2):
+                    try:
+                        results, published = await self._attempt_group(conn, batch, savepoints=False)
+                        break
+                    except _OperationFailed as failed:
+                        results, published = [(batch[0][1], False, failed.error)], []
+                        if attempt or not isinstance(failed.error, _RETRYABLE):
+                            break
+                        # Chosen as a deadlock's victim (or a serialization failure): the
+                        # other transaction has ended by now, so the operation runs again.
             else:
                 savepoints = self._failed_recently
                 try:
@@ -956,18 +974,21 @@ class PostgresStore(Store):
 
     async def _release(self, leases: list[tuple[str, str]], now: float) -> list[dict[str, Any]]:
         async def op(tx: _Tx) -> list[dict[str, Any]]:
-            out = []
-            for job_id, lease in leases:
+            # Rows are changed in id order, as completions and heartbeats lock theirs (they may
+            # run at once in another writer's transaction); the answer keeps the request's order.
+            out: list[dict[str, Any]] = [{}] * len(leases)
+            for index in sorted(range(len(leases)), key=lambda i: leases[i]):
+                job_id, lease = leases[index]
                 new = await self._update(tx.conn, job_id, "status = 'pending', attempts = attempts - 1, lease = NULL,"
                                          " lease_expires = NULL, worker = NULL, started_at = NULL, updated_at = $3",
                                          lease, now, where="AND lease = $2 AND status = 'started'")
                 if new is None:
-                    out.append(conflict(job_id, LeaseConflict.code, LeaseConflict.__doc__ or ""))
+                    out[index] = conflict(job_id, LeaseConflict.code, LeaseConflict.__doc__ or "")
                     continue
                 await tx.conn.execute("DELETE FROM tqueues_executions WHERE job_id = $1 AND attempt = $2",
                                       job_id, new["attempts"] + 1)
                 tx.emit(models.EV_RELEASED, new)
-                out.append(ok(new))
+                out[index] = ok(new)
             return out
 
         return await self._write(op)
