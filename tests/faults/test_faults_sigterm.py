@@ -166,3 +166,37 @@ async def test_given_a_partition_when_a_worker_is_stopped_then_it_stops_waiting_
     assert rig.ledger.count("run", tags=[job["key"]]) == 1
     assert "giving up reporting 1 outcome(s)" in worker.output(), worker.output()[-3000:]
     assert took < 12, f"the worker took {took:.1f} s to stop behind a partition"
+
+
+async def test_given_an_outcome_sent_into_a_partition_before_the_stop_then_the_worker_does_not_wait_the_clients_timeout(
+        rig: Rig) -> None:
+    if rig.backend != "sqlite":
+        pytest.skip("the worker's side only: SQLite covers it")
+    url = rig.start_dispatcher("--lease", "30")
+    proxy = await FaultProxy(port_of(url)).start()
+    try:
+        producer = rig.producer()
+        worker = rig.worker("cutoff2", "--grace", "5", concurrency=1, url=proxy.url)
+        job = producer.job("cutoff2-1", queue="cutoff2", seconds=1.0)
+        async with producer.session() as session:
+            await producer.enqueue(session, [job])
+        await wait_for(lambda: rig.ledger.count("begin", tags=[job["key"]]) == 1, 30, "the job never started")
+        # Given the network split before the job ends: its outcome goes out (with the client's
+        # usual 30 s timeout) and is not answered
+        proxy.partition()
+        await wait_for(lambda: rig.ledger.count("run", tags=[job["key"]]) == 1, 30, "the job never ended")
+        await asyncio.sleep(0.5)
+        # When the worker is told to stop
+        worker.popen.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        while worker.popen.poll() is None and time.monotonic() - started < 60:
+            await asyncio.sleep(0.1)
+        took = time.monotonic() - started
+    finally:
+        await proxy.close()
+
+    # Then it waits for that send as long as for a request made while stopping, tries the
+    # outcome again within its stopping time, gives up and exits 0
+    assert worker.popen.poll() == 0, worker.output()[-3000:]
+    assert "giving up reporting 1 outcome(s)" in worker.output(), worker.output()[-3000:]
+    assert took < 15, f"the worker took {took:.1f} s to stop behind a partition"

@@ -100,6 +100,7 @@ class Worker:
         self._unreachable_since: float | None = None
         self._flush_lock = asyncio.Lock()   # one sender of outcomes at a time (the flusher, close())
         self._sending: list[tuple[Job, dict[str, Any]]] = []   # outcomes on their way
+        self._flusher_task: asyncio.Task[None] | None = None
         self._pool: ProcessPool | None = None
         self._threads: Any = None
         self._started = False
@@ -123,7 +124,8 @@ class Worker:
                 log.warning("dispatcher %s not reachable (%s); retrying in %.1f s", self.client.endpoint_url, exc, delay)
                 await self._sleep(delay)
                 delay = min(delay * 2, 5.0)
-        self._background = [asyncio.ensure_future(self._heartbeats()), asyncio.ensure_future(self._flusher()),
+        self._flusher_task = asyncio.ensure_future(self._flusher())
+        self._background = [asyncio.ensure_future(self._heartbeats()), self._flusher_task,
                             asyncio.ensure_future(self._watch_aborts())]
         log.info("worker %s serving %s with %d slot(s); %d function(s) registered",
                  self.id, ", ".join(self.queues), self.concurrency, len(self.registry))
@@ -152,7 +154,13 @@ class Worker:
     async def close(self) -> None:
         """Release every lease still held, flush outcomes, deregister, close connections."""
         self._closing = True
-        await self._flush_all()
+        if self._flush_lock.locked():
+            await self._end_flusher_send()
+        if self._flush_lock.locked():   # the flusher's cancellation was lost
+            log.error("giving up reporting %d outcome(s): the dispatcher did not answer",
+                      len(self._sending) + len(self._outcomes))
+        else:
+            await self._flush_all()
         self._ready.clear()   # still held: released below
         leftovers = [(doc["id"], doc["lease"]) for doc in self._buffer]
         reported = {job for job, _ in self._outcomes + self._sending}
@@ -365,6 +373,9 @@ class Worker:
                 self._logs_dropped = 0
             try:
                 await self._send("api/v1/logs", {"lines": batch})
+            except asyncio.CancelledError:
+                self._logs = batch + self._logs
+                raise
             except ClientError as exc:
                 if exc.status and 400 <= exc.status < 500:
                     log.error("dispatcher refused %d log line(s): %s", len(batch), exc)
@@ -372,6 +383,23 @@ class Worker:
                 self._logs = batch + self._logs
                 log.warning("cannot send log lines (%s); will retry", exc)
                 return
+
+    async def _end_flusher_send(self) -> None:
+        """The flusher is sending, perhaps a request begun before the stop with the client's
+        usual timeout: wait for it as long as a request made while stopping may take, then
+        cancel it (what it was sending goes back to the outcomes, and the dispatcher counts as
+        unreachable since the wait began)."""
+        task = self._flusher_task
+        if task is None or task.done():
+            return
+        began = asyncio.get_running_loop().time()
+        done, _ = await asyncio.wait({task}, timeout=STOPPING_REQUEST)
+        if done:
+            return
+        task.cancel()
+        await asyncio.wait({task}, timeout=1.0)
+        if self._unreachable_since is None:
+            self._unreachable_since = began
 
     async def _flush_all(self) -> None:
         """Send captured lines, then outcomes, until none are left (or, while stopping, the
@@ -387,6 +415,9 @@ class Worker:
             self._sending = batch
             try:
                 answer = await self._send("api/v1/complete", {"outcomes": [o for _, o in batch], "documents": False})
+            except asyncio.CancelledError:
+                self._outcomes, self._sending = batch + self._outcomes, []   # for close() to send
+                raise
             except ClientError as exc:
                 if exc.status and 400 <= exc.status < 500:
                     log.error("dispatcher refused outcomes: %s", exc)
