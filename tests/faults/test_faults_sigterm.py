@@ -4,14 +4,17 @@ what can finish within ``--grace`` finish, releases the rest and exits 0."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
+from typing import Any, AsyncIterator
 
 import pytest
 from faults.harness import RECORD, RECORD_PLAIN, Rig, Size, wait_for
 from faults.proxy import FaultProxy
 from faults.test_faults_network import port_of
+from support.procs import Proc
 
 from tqueues import Client
 
@@ -134,31 +137,42 @@ async def test_given_the_dispatcher_gone_when_a_worker_is_stopped_then_it_waits_
     assert used < 1.5, f"the worker used {used:.1f} s of CPU while it waited for an unreachable dispatcher"
 
 
-async def test_given_a_partition_when_a_worker_is_stopped_then_it_stops_waiting_for_the_dispatcher_after_its_stopping_time(
-        rig: Rig) -> None:
+@contextlib.asynccontextmanager
+async def job_behind_a_proxy(rig: Rig, queue: str) -> AsyncIterator[tuple[FaultProxy, Proc, dict[str, Any]]]:
+    """A job of one second started on a worker that reaches its dispatcher through a proxy."""
     if rig.backend != "sqlite":
         pytest.skip("the worker's side only: SQLite covers it")
     url = rig.start_dispatcher("--lease", "30")
     proxy = await FaultProxy(port_of(url)).start()
     try:
         producer = rig.producer()
-        worker = rig.worker("cutoff", "--grace", "5", concurrency=1, url=proxy.url)
-        # Given a job running on a worker that reaches its dispatcher through a proxy
-        job = producer.job("cutoff-1", queue="cutoff", seconds=1.0)
+        worker = rig.worker(queue, "--grace", "5", concurrency=1, url=proxy.url)
+        job = producer.job(f"{queue}-1", queue=queue, seconds=1.0)
         async with producer.session() as session:
             await producer.enqueue(session, [job])
         await wait_for(lambda: rig.ledger.count("begin", tags=[job["key"]]) == 1, 30, "the job never started")
+        yield proxy, worker, job
+    finally:
+        await proxy.close()
 
+
+async def stop_and_time(worker: Proc) -> float:
+    """SIGTERM the worker; seconds until it exited (60 at most)."""
+    worker.popen.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    while worker.popen.poll() is None and time.monotonic() - started < 60:
+        await asyncio.sleep(0.1)
+    return time.monotonic() - started
+
+
+async def test_given_a_partition_when_a_worker_is_stopped_then_it_stops_waiting_for_the_dispatcher_after_its_stopping_time(
+        rig: Rig) -> None:
+    # Given a job running on a worker that reaches its dispatcher through a proxy
+    async with job_behind_a_proxy(rig, "cutoff") as (proxy, worker, job):
         # When the network is split (connections are accepted, nothing is answered) and the
         # worker is told to stop
         proxy.partition()
-        worker.popen.send_signal(signal.SIGTERM)
-        started = time.monotonic()
-        while worker.popen.poll() is None and time.monotonic() - started < 60:
-            await asyncio.sleep(0.1)
-        took = time.monotonic() - started
-    finally:
-        await proxy.close()
+        took = await stop_and_time(worker)
 
     # Then the job ends, its outcome is tried for about six seconds in all (not six tries of
     # five seconds each), and the worker exits 0 soon after
@@ -170,30 +184,14 @@ async def test_given_a_partition_when_a_worker_is_stopped_then_it_stops_waiting_
 
 async def test_given_an_outcome_sent_into_a_partition_before_the_stop_then_the_worker_does_not_wait_the_clients_timeout(
         rig: Rig) -> None:
-    if rig.backend != "sqlite":
-        pytest.skip("the worker's side only: SQLite covers it")
-    url = rig.start_dispatcher("--lease", "30")
-    proxy = await FaultProxy(port_of(url)).start()
-    try:
-        producer = rig.producer()
-        worker = rig.worker("cutoff2", "--grace", "5", concurrency=1, url=proxy.url)
-        job = producer.job("cutoff2-1", queue="cutoff2", seconds=1.0)
-        async with producer.session() as session:
-            await producer.enqueue(session, [job])
-        await wait_for(lambda: rig.ledger.count("begin", tags=[job["key"]]) == 1, 30, "the job never started")
+    async with job_behind_a_proxy(rig, "cutoff2") as (proxy, worker, job):
         # Given the network split before the job ends: its outcome goes out (with the client's
         # usual 30 s timeout) and is not answered
         proxy.partition()
         await wait_for(lambda: rig.ledger.count("run", tags=[job["key"]]) == 1, 30, "the job never ended")
         await asyncio.sleep(0.5)
         # When the worker is told to stop
-        worker.popen.send_signal(signal.SIGTERM)
-        started = time.monotonic()
-        while worker.popen.poll() is None and time.monotonic() - started < 60:
-            await asyncio.sleep(0.1)
-        took = time.monotonic() - started
-    finally:
-        await proxy.close()
+        took = await stop_and_time(worker)
 
     # Then it waits for that send as long as for a request made while stopping, tries the
     # outcome again within its stopping time, gives up and exits 0
