@@ -105,7 +105,7 @@ async def handle(request: web.Request, token: str | None, data: Any) -> dict[str
         await admit(request, token, SCOPES)   # as for one POST /api/v1/jobs
         body = message["job"] if "job" in message else {"jobs": message["jobs"]}
         jobs, batch = models.parse_jobs(body)
-        documents = documents_param(message) if "jobs" in message else True
+        documents = documents_param(message)
         await check_enqueue(request, jobs)
         results = await enqueue_jobs(request, jobs)
         status = 201 if any(created for _, created in results) else 200

@@ -457,7 +457,7 @@ class PostgresStore(Store):
             if stop:
                 return
 
-    async def _run_group(self, batch: list[tuple[Op, asyncio.Future[Any]]], slot: int = 0) -> None:
+    async def _run_group(self, batch: list[tuple[Op, asyncio.Future[Any]]], slot: int) -> None:
         """One transaction for every operation waiting. Optimistically without savepoints
         (each is two round trips per operation); if an operation raises, the transaction is
         rolled back and the group runs again with one savepoint per operation, so the one that

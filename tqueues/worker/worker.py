@@ -419,13 +419,13 @@ class Worker:
                 self._outcomes, self._sending = batch + self._outcomes, []   # for close() to send
                 raise
             except ClientError as exc:
+                self._sending = []
                 if exc.status and 400 <= exc.status < 500:
                     log.error("dispatcher refused outcomes: %s", exc)
-                    self._sending = []
                     for job, _ in batch:
                         self._drop(job)
                     continue
-                self._outcomes, self._sending = batch + self._outcomes, []
+                self._outcomes = batch + self._outcomes
                 left = self._stopping_time_left()
                 if left is not None and left <= 0:
                     # Stopping, and the dispatcher has stayed unreachable for STOPPING_GIVE_UP
