@@ -16,7 +16,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine, Iterable,
 import aiohttp
 
 from . import models
-from .errors import ClientError, JobFailed
+from .errors import ClientError, JobFailed, error_from
 
 T = TypeVar("T")
 
@@ -273,15 +273,6 @@ class Client:
                 return int(response.headers.get("X-Last-Seq", "0"))
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise ClientError(f"GET {url}: {exc}", status=0, code="unreachable") from None
-
-
-def error_from(status: int, decoded: Any, what: str) -> ClientError:
-    """The ClientError for a dispatcher's error answer (its JSON error body, when it has one)."""
-    error = decoded.get("error") if isinstance(decoded, dict) else None
-    if isinstance(error, dict):
-        return ClientError(str(error.get("message")), status=status, code=str(error.get("code")),
-                           **{k: v for k, v in error.items() if k not in ("message", "code")})
-    return ClientError(f"{what}: HTTP {status}", status=status, code="http_error")
 
 
 class _Socket:

@@ -158,3 +158,12 @@ class ClientError(TQueuesError):
         super().__init__(message, **details)
         self.status = status
         self.code = code
+
+
+def error_from(status: int, decoded: Any, what: str) -> ClientError:
+    """The ClientError for a dispatcher's error answer (its JSON error body, when it has one)."""
+    error = decoded.get("error") if isinstance(decoded, dict) else None
+    if isinstance(error, dict):
+        return ClientError(str(error.get("message")), status=status, code=str(error.get("code")),
+                           **{k: v for k, v in error.items() if k not in ("message", "code")})
+    return ClientError(f"{what}: HTTP {status}", status=status, code="http_error")

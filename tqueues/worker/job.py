@@ -90,7 +90,8 @@ class Job:
         """Merge ``data`` into the job's ``data`` on the dispatcher (progress, partial results)."""
         self.data.update(data)
         try:
-            doc = await self.worker.client.update(self.id, models.to_jsonable(dict(data)), self.lease)
+            doc = await self.worker.wire.request("PATCH", f"api/v1/jobs/{self.id}", json={
+                "data": models.to_jsonable(dict(data)), "lease": self.lease})
         except ClientError as exc:
             if exc.code == "stale_lease":
                 self.lose()

@@ -19,11 +19,9 @@ import socket
 import uuid
 from typing import Any, Callable, Iterable
 
-import aiohttp
-
 from .. import __version__, models
-from ..client import Client
 from ..errors import ClientError, ConfigurationError
+from ..wire import Wire
 from .job import Job
 from .registry import Registry
 from .runner import ProcessPool
@@ -64,7 +62,11 @@ class Worker:
             self.registry.add(fn)
         for module in modules:
             self.registry.add_module(module)
-        self.client = Client(endpoint_url, token=token, timeout=30.0, cafile=cafile)
+        # The worker's own requests and abort feed go through a lean client of its own (see
+        # tqueues.wire); ``client`` is a full tqueues.Client for job code, made on first use.
+        self.wire = Wire(endpoint_url, token=token, timeout=30.0, cafile=cafile)
+        self._client_args = (endpoint_url, token, cafile)
+        self._client: Any = None
         self.concurrency = concurrency
         # Jobs leased ahead of free slots, so that the next claim overlaps with running jobs
         # instead of following them; 0 claims only for free slots (fairest for long jobs).
@@ -116,12 +118,12 @@ class Worker:
         delay = 0.2
         while not self._stopping.is_set():
             try:
-                await self.client.request("POST", "api/v1/workers", json=self.info("running"))
+                await self.wire.request("POST", "api/v1/workers", json=self.info("running"))
                 break
             except ClientError as exc:
                 if exc.status and exc.status < 500:
                     raise
-                log.warning("dispatcher %s not reachable (%s); retrying in %.1f s", self.client.endpoint_url, exc, delay)
+                log.warning("dispatcher %s not reachable (%s); retrying in %.1f s", self.wire.endpoint_url, exc, delay)
                 await self._sleep(delay)
                 delay = min(delay * 2, 5.0)
         self._flusher_task = asyncio.ensure_future(self._flusher())
@@ -180,7 +182,19 @@ class Worker:
             await self._pool.close()
         if self._threads is not None:
             self._threads.shutdown(wait=False)
-        await self.client.close()
+        await self.wire.close()
+        if self._client is not None:
+            await self._client.close()
+
+    @property
+    def client(self) -> Any:
+        """A :class:`tqueues.Client` of this worker's dispatcher (same token and CA), for job
+        code that enqueues follow-up jobs or reads others; closed with the worker."""
+        if self._client is None:
+            from ..client import Client
+            endpoint_url, token, cafile = self._client_args
+            self._client = Client(endpoint_url, token=token, timeout=30.0, cafile=cafile)
+        return self._client
 
     async def __aenter__(self) -> "Worker":
         await self.start()
@@ -195,7 +209,7 @@ class Worker:
     async def claim(self, limit: int, wait: float | None = None) -> list[dict[str, Any]]:
         """Lease up to ``limit`` jobs, long-polling up to ``wait`` seconds (empty on timeout)."""
         wait = self.wait if wait is None else wait
-        answer = await self.client.request("POST", "api/v1/claim", timeout=wait + 30, json={
+        answer = await self.wire.request("POST", "api/v1/claim", timeout=wait + 30, json={
             "queues": self.queues, "worker": self.id, "limit": limit, "wait": wait})
         lease = float(answer.get("lease_seconds") or self.lease_seconds)
         if lease != self.lease_seconds:
@@ -463,7 +477,7 @@ class Worker:
             self._lease_changed.clear()
             jobs = dict(self._held)
             try:
-                answer = await self.client.request("POST", "api/v1/heartbeat", timeout=max(self.lease_seconds / 2, 1), json={
+                answer = await self.wire.request("POST", "api/v1/heartbeat", timeout=max(self.lease_seconds / 2, 1), json={
                     "worker": self.id, "leases": [{"id": j.id, "lease": j.lease} for j in jobs.values()],
                     "info": self.info("stopping" if self.stopping else "running")})
             except ClientError as exc:
@@ -488,13 +502,10 @@ class Worker:
             params = {"kind": models.EV_ABORTED, "queue": ",".join(self.queues),
                       **({"since": str(since)} if since is not None else {})}
             try:
-                async with self.client.session.ws_connect(self.client.endpoint_url + "api/v1/events", params=params,
-                                                          headers=self.client.headers, heartbeat=30) as ws:
+                async with await self.wire.websocket("api/v1/events", params, heartbeat=30) as ws:
                     delay = 0.5
                     async for message in ws:
-                        if message.type != aiohttp.WSMsgType.TEXT:
-                            break
-                        event = models.loads(message.data)
+                        event = models.loads(message)
                         since = event["seq"]
                         job = self._held.get(event["job_id"])
                         if job is not None and not job.lost:
@@ -502,7 +513,7 @@ class Worker:
                             job.lose()
             except asyncio.CancelledError:
                 raise
-            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            except (ClientError, ValueError) as exc:
                 log.debug("abort feed: %s", exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
@@ -515,12 +526,12 @@ class Worker:
         seconds in all from the first request that failed; after that each request (the
         release of held jobs, the stopped registration) gets LAST_WORD seconds."""
         if not self._stopping.is_set():
-            return await self.client.request("POST", path, json=body)
+            return await self.wire.request("POST", path, json=body)
         sent = asyncio.get_running_loop().time()
         left = self._stopping_time_left()
         timeout = STOPPING_REQUEST if left is None else max(min(STOPPING_REQUEST, left), LAST_WORD)
         try:
-            answer = await self.client.request("POST", path, json=body, timeout=timeout)
+            answer = await self.wire.request("POST", path, json=body, timeout=timeout)
         except ClientError as exc:
             if not (exc.status and 400 <= exc.status < 500) and self._unreachable_since is None:
                 self._unreachable_since = sent
