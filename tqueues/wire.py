@@ -110,7 +110,7 @@ class Wire:
             decoded = models.loads(answer) if answer else None
         except ValueError:
             decoded = None
-        if status >= 400:
+        if status >= 300:   # the dispatcher answers no redirects: one is a proxy's, not followed
             raise error_from(status, decoded, f"{method} {url}")
         return decoded
 

@@ -83,6 +83,9 @@ def echo_app() -> web.Application:
         request.transport.close()
         return response
 
+    async def moved(request: web.Request) -> web.Response:
+        raise web.HTTPMovedPermanently("https://elsewhere.example/")
+
     async def empty(request: web.Request) -> web.Response:
         return web.Response(status=204)
 
@@ -95,6 +98,7 @@ def echo_app() -> web.Application:
     app.router.add_get("/base/plain_error", plain_error)
     app.router.add_get("/base/cut", cut)
     app.router.add_get("/base/empty", empty)
+    app.router.add_post("/base/moved", moved)
     return app
 
 
@@ -171,6 +175,9 @@ async def test_error_answers_raise_client_errors_with_the_dispatchers_code(serve
         with pytest.raises(ClientError) as caught:
             await wire.request("GET", "plain_error")
         assert (caught.value.status, caught.value.code) == (502, "http_error")
+        with pytest.raises(ClientError) as caught:   # not followed: the dispatcher never redirects
+            await wire.request("POST", "moved", json={})
+        assert (caught.value.status, caught.value.code) == (301, "http_error")
         assert (await wire.request("GET", "echo"))["method"] == "GET"   # the connection is still good
     finally:
         await wire.close()
