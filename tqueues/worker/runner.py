@@ -12,16 +12,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import multiprocessing
-import multiprocessing.connection
 import pickle
 import signal
 import traceback
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .. import models
 from . import capture
+
+if TYPE_CHECKING:
+    import multiprocessing.connection
+
+# multiprocessing is imported when the first plain function runs: most workers never need it,
+# and it is a good part of a worker's start-up.
 
 DEFAULT_GRACE = 3.0   # seconds a child gets to stop after SIGTERM before SIGKILL
 
@@ -125,6 +129,8 @@ class ProcessPool:
     """Child processes for plain functions, started on demand, at most ``size`` at once."""
 
     def __init__(self, size: int, method: str = "forkserver", grace: float = DEFAULT_GRACE) -> None:
+        import multiprocessing
+
         self.grace = grace
         if method not in multiprocessing.get_all_start_methods():
             method = "spawn"

@@ -16,7 +16,6 @@ import logging
 import os
 import resource
 import socket
-import uuid
 from typing import Any, Callable, Iterable
 
 from .. import __version__, models
@@ -76,7 +75,7 @@ class Worker:
         self.grace = grace
         self.stop_grace = stop_grace      # a stopped job's time to clean up before it is killed
         self.default_timeout = timeout
-        self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
         self.lease_seconds = 30.0
         self.jobs_done = 0
         self.jobs_failed = 0
