@@ -18,6 +18,7 @@ from tqueues.errors import ClientError, ConfigurationError
 from tqueues.wire import Wire
 
 Serve = Callable[..., Awaitable[str]]
+Connect = Callable[..., Awaitable[Wire]]
 
 
 @pytest.fixture
@@ -37,6 +38,22 @@ async def serve() -> AsyncIterator[Serve]:
     yield start
     for runner in runners:
         await runner.cleanup()
+
+
+@pytest.fixture
+async def connect(serve: Serve) -> AsyncIterator[Connect]:
+    """A Wire to a fresh echo_app() server (runner settings as keywords, ``token`` for the
+    Wire); closed after the test."""
+    wires: list[Wire] = []
+
+    async def make(token: str | None = None, **runner_args: Any) -> Wire:
+        wire = Wire(await serve(echo_app(), **runner_args), token=token)
+        wires.append(wire)
+        return wire
+
+    yield make
+    for wire in wires:
+        await wire.close()
 
 
 def peer_port(request: web.Request) -> int:
@@ -102,129 +119,102 @@ def echo_app() -> web.Application:
     return app
 
 
-async def test_json_requests_reuse_one_keep_alive_connection(serve: Serve) -> None:
-    wire = Wire(await serve(echo_app()), token="s3cret")
-    try:
-        first = await wire.request("POST", "echo", json={"n": 1}, params={"a": "x y"})
-        second = await wire.request("GET", "/echo")
-        assert first["method"] == "POST" and first["path"] == "/base/echo" and first["query"] == {"a": "x y"}
-        assert first["body"] == '{"n":1}' and first["type"] == "application/json"
-        assert first["auth"] == "Bearer s3cret" == second["auth"]
-        assert second["method"] == "GET" and second["body"] == ""
-        assert first["port"] == second["port"], "the second request opened a new connection"
-        assert "s3cret" not in repr(wire)
-    finally:
-        await wire.close()
+async def test_json_requests_reuse_one_keep_alive_connection(connect: Connect) -> None:
+    wire = await connect(token="s3cret")
+    first = await wire.request("POST", "echo", json={"n": 1}, params={"a": "x y"})
+    second = await wire.request("GET", "/echo")
+    assert first["method"] == "POST" and first["path"] == "/base/echo" and first["query"] == {"a": "x y"}
+    assert first["body"] == '{"n":1}' and first["type"] == "application/json"
+    assert first["auth"] == "Bearer s3cret" == second["auth"]
+    assert second["method"] == "GET" and second["body"] == ""
+    assert first["port"] == second["port"], "the second request opened a new connection"
+    assert "s3cret" not in repr(wire)
 
 
-async def test_concurrent_requests_each_get_their_own_connection(serve: Serve) -> None:
-    wire = Wire(await serve(echo_app()))
-    try:
-        slow = asyncio.ensure_future(wire.request("GET", "slow", params={"s": "0.3"}))
-        await asyncio.sleep(0.05)
-        quick = await wire.request("GET", "echo")   # not queued behind the long one
-        assert not slow.done()
-        assert await slow == {"slow": True}
-        assert len(wire._idle) == 2
-        assert quick["method"] == "GET"
-    finally:
-        await wire.close()
+async def test_concurrent_requests_each_get_their_own_connection(connect: Connect) -> None:
+    wire = await connect()
+    slow = asyncio.ensure_future(wire.request("GET", "slow", params={"s": "0.3"}))
+    await asyncio.sleep(0.05)
+    quick = await wire.request("GET", "echo")   # not queued behind the long one
+    assert not slow.done()
+    assert await slow == {"slow": True}
+    assert len(wire._idle) == 2
+    assert quick["method"] == "GET"
 
 
-async def test_chunked_answers_are_read_whole_and_the_connection_kept(serve: Serve) -> None:
-    wire = Wire(await serve(echo_app()))
-    try:
-        assert await wire.request("GET", "chunked") == {"parts": ["a", "b"]}
-        before = (await wire.request("GET", "echo"))["port"]
-        assert await wire.request("GET", "chunked") == {"parts": ["a", "b"]}
-        assert (await wire.request("GET", "echo"))["port"] == before
-        assert await wire.request("GET", "empty") is None
-    finally:
-        await wire.close()
+async def test_chunked_answers_are_read_whole_and_the_connection_kept(connect: Connect) -> None:
+    wire = await connect()
+    assert await wire.request("GET", "chunked") == {"parts": ["a", "b"]}
+    before = (await wire.request("GET", "echo"))["port"]
+    assert await wire.request("GET", "chunked") == {"parts": ["a", "b"]}
+    assert (await wire.request("GET", "echo"))["port"] == before
+    assert await wire.request("GET", "empty") is None
 
 
-async def test_connection_close_answers_are_not_reused(serve: Serve) -> None:
-    wire = Wire(await serve(echo_app()))
-    try:
-        first = (await wire.request("GET", "closing"))["port"]
-        second = (await wire.request("GET", "closing"))["port"]
-        assert first != second
-        assert not wire._idle
-    finally:
-        await wire.close()
+async def test_connection_close_answers_are_not_reused(connect: Connect) -> None:
+    wire = await connect()
+    first = (await wire.request("GET", "closing"))["port"]
+    second = (await wire.request("GET", "closing"))["port"]
+    assert first != second
+    assert not wire._idle
 
 
-async def test_an_idle_connection_the_server_closed_is_not_used_again(serve: Serve) -> None:
-    wire = Wire(await serve(echo_app(), keepalive_timeout=0.1))
-    try:
-        first = (await wire.request("GET", "echo"))["port"]
-        await asyncio.sleep(0.4)   # the server drops the idle connection
-        second = await wire.request("GET", "echo")
-        assert second["port"] != first
-    finally:
-        await wire.close()
+async def test_an_idle_connection_the_server_closed_is_not_used_again(connect: Connect) -> None:
+    wire = await connect(keepalive_timeout=0.1)
+    first = (await wire.request("GET", "echo"))["port"]
+    await asyncio.sleep(0.4)   # the server drops the idle connection
+    second = await wire.request("GET", "echo")
+    assert second["port"] != first
 
 
-async def test_error_answers_raise_client_errors_with_the_dispatchers_code(serve: Serve) -> None:
-    wire = Wire(await serve(echo_app()))
-    try:
-        with pytest.raises(ClientError) as caught:
-            await wire.request("GET", "failing")
-        assert (caught.value.status, caught.value.code, caught.value.message) == (404, "job_not_found", "no job has this id")
-        assert caught.value.details == {"id": "x"}
-        with pytest.raises(ClientError) as caught:
-            await wire.request("GET", "plain_error")
-        assert (caught.value.status, caught.value.code) == (502, "http_error")
-        with pytest.raises(ClientError) as caught:   # not followed: the dispatcher never redirects
-            await wire.request("POST", "moved", json={})
-        assert (caught.value.status, caught.value.code) == (301, "http_error")
-        assert (await wire.request("GET", "echo"))["method"] == "GET"   # the connection is still good
-    finally:
-        await wire.close()
+async def test_error_answers_raise_client_errors_with_the_dispatchers_code(connect: Connect) -> None:
+    wire = await connect()
+    with pytest.raises(ClientError) as caught:
+        await wire.request("GET", "failing")
+    assert (caught.value.status, caught.value.code, caught.value.message) == (404, "job_not_found", "no job has this id")
+    assert caught.value.details == {"id": "x"}
+    with pytest.raises(ClientError) as caught:
+        await wire.request("GET", "plain_error")
+    assert (caught.value.status, caught.value.code) == (502, "http_error")
+    with pytest.raises(ClientError) as caught:   # not followed: the dispatcher never redirects
+        await wire.request("POST", "moved", json={})
+    assert (caught.value.status, caught.value.code) == (301, "http_error")
+    assert (await wire.request("GET", "echo"))["method"] == "GET"   # the connection is still good
 
 
-async def test_a_request_that_overruns_its_timeout_fails_as_timeout_and_drops_its_connection(serve: Serve) -> None:
-    wire = Wire(await serve(echo_app()))
-    try:
-        started = time.monotonic()
-        with pytest.raises(ClientError) as caught:
-            await wire.request("GET", "slow", params={"s": "5"}, timeout=0.2)
-        assert caught.value.code == "timeout" and caught.value.status == 0
-        assert "no answer within 0.2 s" in caught.value.message
-        assert time.monotonic() - started < 2
-        assert not wire._idle and not wire._open, "the timed-out connection was kept"
-        assert (await wire.request("GET", "echo"))["method"] == "GET"
-        task = asyncio.current_task()
-        if hasattr(task, "cancelling"):   # Python 3.11+: the timeout's own cancellation was taken back
-            assert not task.cancelling()
-    finally:
-        await wire.close()
+async def test_a_request_that_overruns_its_timeout_fails_as_timeout_and_drops_its_connection(connect: Connect) -> None:
+    wire = await connect()
+    started = time.monotonic()
+    with pytest.raises(ClientError) as caught:
+        await wire.request("GET", "slow", params={"s": "5"}, timeout=0.2)
+    assert caught.value.code == "timeout" and caught.value.status == 0
+    assert "no answer within 0.2 s" in caught.value.message
+    assert time.monotonic() - started < 2
+    assert not wire._idle and not wire._open, "the timed-out connection was kept"
+    assert (await wire.request("GET", "echo"))["method"] == "GET"
+    task = asyncio.current_task()
+    if hasattr(task, "cancelling"):   # Python 3.11+: the timeout's own cancellation was taken back
+        assert not task.cancelling()
 
 
-async def test_a_cancelled_request_closes_its_connection(serve: Serve) -> None:
-    wire = Wire(await serve(echo_app()))
-    try:
-        pending = asyncio.ensure_future(wire.request("GET", "slow", params={"s": "5"}))
-        await asyncio.sleep(0.1)
-        pending.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await pending
-        assert not wire._idle and not wire._open
-        assert (await wire.request("GET", "echo"))["method"] == "GET"
-    finally:
-        await wire.close()
+async def test_a_cancelled_request_closes_its_connection(connect: Connect) -> None:
+    wire = await connect()
+    pending = asyncio.ensure_future(wire.request("GET", "slow", params={"s": "5"}))
+    await asyncio.sleep(0.1)
+    pending.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await pending
+    assert not wire._idle and not wire._open
+    assert (await wire.request("GET", "echo"))["method"] == "GET"
 
 
-async def test_an_answer_cut_short_fails_as_unreachable(serve: Serve) -> None:
-    wire = Wire(await serve(echo_app()))
-    try:
-        with pytest.raises(ClientError) as caught:
-            await wire.request("GET", "cut")
-        assert caught.value.code == "unreachable"
-        assert "in the middle of an answer" in caught.value.message
-        assert (await wire.request("GET", "echo"))["method"] == "GET"
-    finally:
-        await wire.close()
+async def test_an_answer_cut_short_fails_as_unreachable(connect: Connect) -> None:
+    wire = await connect()
+    with pytest.raises(ClientError) as caught:
+        await wire.request("GET", "cut")
+    assert caught.value.code == "unreachable"
+    assert "in the middle of an answer" in caught.value.message
+    assert (await wire.request("GET", "echo"))["method"] == "GET"
 
 
 async def test_nothing_listening_fails_as_unreachable() -> None:
