@@ -86,13 +86,25 @@ async def test_a_batch_stores_every_field_exactly_packed_or_not(store, odd_key: 
     assert events[0]["new_val"]["kwargs"] == {"k": "é\x1f"}
 
 
+async def test_heartbeats_extend_the_leases_they_name(store) -> None:
+    await store.enqueue([models.NewJob(queue="ph", method="m:f", args=[n]) for n in range(3)])
+    jobs = await store.claim(["ph"], "w", 3)
+    beats = await store.heartbeat([(job["id"], job["lease"]) for job in jobs] + [(jobs[0]["id"], "stale")], 120.0)
+    assert [beat["ok"] for beat in beats] == [True, True, True, False]
+    for job in jobs:
+        assert (await store.get(job["id"]))["lease_expires"] > job["lease_expires"] + 60
+
+
 async def test_completions_store_their_results_exactly(store) -> None:
     await store.enqueue([models.NewJob(queue="pc", method="m:f", args=[n]) for n in range(3)])
     jobs = await store.claim(["pc"], "w", 3)
     results = ["text with \x1f and \x1e", {"nested": [1, None]}, None]
     done = await store.complete([Outcome(job["id"], job["lease"], models.FINISHED, result=result)
-                                 for job, result in zip(jobs, results)])
-    assert all(answer["ok"] for answer in done)
+                                 for job, result in zip(jobs, results)]
+                                + [Outcome("no\x1fsuch", "lease", models.FINISHED)])   # its ids go as an array
+    assert [answer["ok"] for answer in done] == [True, True, True, False]
+    beats = await store.heartbeat([(job["id"], job["lease"]) for job in jobs], 30.0)
+    assert [beat["ok"] for beat in beats] == [False] * 3   # finished: their leases are gone
     for job, result in zip(jobs, results):
         stored = await store.get(job["id"])
         assert (stored["status"], stored["result"]) == (models.FINISHED, result)

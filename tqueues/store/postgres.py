@@ -917,10 +917,11 @@ class PostgresStore(Store):
                 # In id order, as completions lock their rows: a worker's heartbeat and its
                 # completions may be written at once by two writers (or dispatchers).
                 ordered = sorted(set(leases))
+                sql, args = _arrays(("text", "text"), ([i for i, _ in ordered], [l for _, l in ordered]), 2)
                 rows = await tx.conn.fetch(
-                    "UPDATE tqueues_jobs j SET lease_expires = $1 FROM unnest($2::text[], $3::text[]) AS l(id, lease)"
+                    f"UPDATE tqueues_jobs j SET lease_expires = $1 FROM unnest({', '.join(sql)}) AS l(id, lease)"
                     " WHERE j.id = l.id AND j.lease = l.lease AND j.status = 'started' RETURNING j.id, j.lease",
-                    expires, [i for i, _ in ordered], [l for _, l in ordered])
+                    expires, *args)
                 alive = {(r["id"], r["lease"]) for r in rows}
             if worker is not None:
                 await tx.conn.execute("UPDATE tqueues_workers SET last_seen = $1 WHERE id = $2", now, worker)
@@ -936,8 +937,8 @@ class PostgresStore(Store):
             # instead of three per job. Anything else goes through _complete_one, after the
             # set-wise writes pending so far have been applied (it reads the database).
             conn = tx.conn
-            ids = list(dict.fromkeys(o.id for o in outcomes))
-            rows = await conn.fetch(f"SELECT {COLS} FROM tqueues_jobs WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE", ids)
+            (ids_sql,), ids = _arrays(("text",), (list(dict.fromkeys(o.id for o in outcomes)),), 1)
+            rows = await conn.fetch(f"SELECT {COLS} FROM tqueues_jobs WHERE id = ANY({ids_sql}) ORDER BY id FOR UPDATE", *ids)
             jobs = {row["id"]: row_to_job(row) for row in rows}
             out: list[dict[str, Any]] = []
             finished: list[tuple[str, str, int]] = []   # id, result as JSON text, attempt
