@@ -53,6 +53,7 @@ CHANNEL = "tqueues_events"
 WRITERS = 2   # connections writing groups of operations at once (see _write_loop)
 MAX_GROUP = 512
 POLL_INTERVAL = 1.0    # the backstop of LISTEN/NOTIFY
+NOTIFY_WAIT = 0.02     # seconds a NOTIFY waits for our own writes in flight (see _on_notify)
 # Plan every statement for its parameters. asyncpg prepares statements once per connection, and
 # after five runs PostgreSQL may switch to a generic plan made when the tables were small; as a
 # backlog grows or drains that plan goes stale (a drain of 100,000 jobs ran at less than half the
@@ -397,6 +398,12 @@ class PostgresStore(Store):
         self._tasks: list[asyncio.Task[None]] = []
         self._cursor = 0                       # last seq published to subscribers
         self._catch_up_needed = asyncio.Event()
+        # A NOTIFY of our own commit often arrives (on the listening connection) before the
+        # commit's answer: while our groups are being written, a notified seq waits for them
+        # (see _on_notify) instead of costing a read of events we are about to publish.
+        self._groups_running = 0
+        self._notified = 0
+        self._notify_timer: asyncio.TimerHandle | None = None
         self._listener: Any = None
         self._connect_lock = asyncio.Lock()
 
@@ -420,6 +427,9 @@ class PostgresStore(Store):
                        asyncio.ensure_future(self._listen_loop()), asyncio.ensure_future(self._catch_up_loop())]
 
     async def _close(self) -> None:
+        if self._notify_timer is not None:
+            self._notify_timer.cancel()
+            self._notify_timer = None
         for _ in range(WRITERS):
             await self._ops.put(None)
         for task in self._tasks[WRITERS:]:
@@ -503,6 +513,15 @@ class PostgresStore(Store):
         (each is two round trips per operation); if an operation raises, the transaction is
         rolled back and the group runs again with one savepoint per operation, so the one that
         failed rolls back alone."""
+        self._groups_running += 1
+        try:
+            await self._run_group_in(batch, slot)
+        finally:
+            self._groups_running -= 1
+            if not self._groups_running and self._notified > self._cursor:
+                self._catch_up_needed.set()   # notified of a commit that was not ours
+
+    async def _run_group_in(self, batch: list[tuple[Op, asyncio.Future[Any]]], slot: int) -> None:
         results: list[tuple[asyncio.Future[Any], bool, Any]] = []
         published: list[dict[str, Any]] = []
         try:
@@ -625,7 +644,20 @@ class PostgresStore(Store):
             seq = int(payload)
         except ValueError:
             seq = self._cursor + 1
-        if seq > self._cursor:
+        if seq <= self._cursor:
+            return
+        if not self._groups_running:
+            self._catch_up_needed.set()
+            return
+        # Likely our own commit, whose answer is on its way: the group's end decides (and,
+        # should our groups follow one another without a pause, NOTIFY_WAIT at the latest).
+        self._notified = max(self._notified, seq)
+        if self._notify_timer is None:
+            self._notify_timer = asyncio.get_running_loop().call_later(NOTIFY_WAIT, self._notify_due)
+
+    def _notify_due(self) -> None:
+        self._notify_timer = None
+        if self._notified > self._cursor:
             self._catch_up_needed.set()
 
     async def _listen_loop(self) -> None:
