@@ -17,7 +17,7 @@ setup(
         "aiohttp>=3.9",
         "orjson>=3.9",
         "docopt-ng>=0.9",
-        "asyncpg>=0.29",
+        "asyncpg>=0.30",
     ],
     extras_require={
         "rethinkdb": [

@@ -330,6 +330,13 @@ def row_to_job(row: Any) -> dict[str, Any]:
     return {k: row[k] for k in JOB_KEYS}
 
 
+async def _keep_session(conn: Any) -> None:
+    """What the pool does to a connection given back (asyncpg has already ended any open
+    transaction): nothing more. Reads set no session state, take no advisory lock and LISTEN
+    on none of them, so asyncpg's default reset (RESET ALL, UNLISTEN *, ...) would only cost a
+    round trip per read."""
+
+
 async def _init_connection(conn: Any) -> None:
     await conn.set_type_codec("jsonb", encoder=models.dumps_str, decoder=models.loads, schema="pg_catalog")
     await conn.set_type_codec("json", encoder=models.dumps_str, decoder=models.loads, schema="pg_catalog")
@@ -453,7 +460,8 @@ class PostgresStore(Store):
         async with self._connect_lock:
             if self._pool is None:
                 self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=self.pool_size,
-                                                       init=_init_connection, command_timeout=60, timeout=5,
+                                                       init=_init_connection, reset=_keep_session,
+                                                       command_timeout=60, timeout=5,
                                                        server_settings=SERVER_SETTINGS)
 
     async def _connect(self) -> Any:
