@@ -108,10 +108,7 @@ class Client:
                               code="timeout") from None
         except aiohttp.ClientError as exc:
             raise ClientError(f"{method} {url}: {exc}", status=0, code="unreachable") from None
-        try:
-            decoded = models.loads(body) if body else None
-        except ValueError:
-            decoded = None
+        decoded = models.json_or_none(body)
         if status >= 400:
             raise error_from(status, decoded, f"{method} {url}")
         return decoded

@@ -149,6 +149,14 @@ def loads(data: bytes | str) -> Any:
     return orjson.loads(data)
 
 
+def json_or_none(body: bytes) -> Any:
+    """An HTTP answer's JSON, or None when it has no body or the body is not JSON."""
+    try:
+        return orjson.loads(body) if body else None
+    except ValueError:
+        return None
+
+
 def to_jsonable(value: Any) -> Any:
     """``value`` if JSON can carry it, else its ``repr`` (results must never break a job)."""
     kind = type(value)

@@ -35,6 +35,10 @@ class ProtocolError(Exception):
     """The other end broke HTTP or the websocket protocol."""
 
 
+# What a connection that dropped, or a server that broke the protocol, raises on the way.
+_BROKEN = (OSError, EOFError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ProtocolError, ValueError)
+
+
 class _Conn:
     __slots__ = ("reader", "writer")
 
@@ -92,10 +96,7 @@ class Wire:
     async def request(self, method: str, path: str, *, json: Any = None, params: Mapping[str, Any] | None = None,
                       timeout: float | None = None) -> Any:
         """Call the dispatcher; the decoded JSON answer, or ClientError naming what went wrong."""
-        url = self.endpoint_url + path.lstrip("/")
-        target = self._path + path.lstrip("/")
-        if params:
-            target += "?" + urlencode(params)
+        url, target = self._where(path, params)
         if json is not None:
             body = models.dumps(json)
             head = (f"{method} {target} HTTP/1.1\r\n{self._head_tail}"
@@ -106,13 +107,15 @@ class Wire:
                 "Content-Length: 0\r\n\r\n" if method in ("POST", "PUT", "PATCH") else "\r\n")
         limit = timeout or self.timeout
         status, answer = await self._within(limit, f"{method} {url}", self._exchange(head.encode() + body, method, url))
-        try:
-            decoded = models.loads(answer) if answer else None
-        except ValueError:
-            decoded = None
+        decoded = models.json_or_none(answer)
         if status >= 300:   # the dispatcher answers no redirects: one is a proxy's, not followed
             raise error_from(status, decoded, f"{method} {url}")
         return decoded
+
+    def _where(self, path: str, params: Mapping[str, Any] | None) -> tuple[str, str]:
+        """The URL of ``path`` (for messages) and the request target sent for it."""
+        path = path.lstrip("/")
+        return self.endpoint_url + path, self._path + path + ("?" + urlencode(params) if params else "")
 
     async def _exchange(self, data: bytes, method: str, url: str) -> tuple[int, bytes]:
         conn = self._take() or await self._connect(f"{method} {url}")
@@ -126,24 +129,25 @@ class Wire:
                 status, headers, version = await _read_head(conn.reader)
             body, keep = await _read_body(conn.reader, method, status, headers, version)
             return status, body
-        except (OSError, EOFError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ProtocolError,
-                ValueError) as exc:
+        except _BROKEN as exc:
             raise ClientError(f"{method} {url}: {_describe(exc)}", status=0, code="unreachable") from None
         finally:
             if keep and not self._closed:
                 self._idle.append(conn)
             else:
-                self._open.discard(conn)
-                conn.close()
+                self._drop(conn)
 
     def _take(self) -> _Conn | None:
         while self._idle:
             conn = self._idle.pop()
             if conn.usable():
                 return conn
-            self._open.discard(conn)
-            conn.close()
+            self._drop(conn)
         return None
+
+    def _drop(self, conn: _Conn) -> None:
+        self._open.discard(conn)
+        conn.close()
 
     async def _connect(self, what: str) -> _Conn:
         if self._closed:
@@ -194,8 +198,7 @@ class Wire:
     async def websocket(self, path: str, params: Mapping[str, Any] | None = None, *,
                         heartbeat: float = 30.0, timeout: float | None = None) -> "WebSocket":
         """Open a websocket to ``path`` (the opening handshake within ``timeout`` seconds)."""
-        url = self.endpoint_url + path.lstrip("/")
-        target = self._path + path.lstrip("/") + ("?" + urlencode(params) if params else "")
+        url, target = self._where(path, params)
         key = base64.b64encode(os.urandom(16))
         head = (f"GET {target} HTTP/1.1\r\n{self._head_tail}Upgrade: websocket\r\nConnection: Upgrade\r\n"
                 f"Sec-WebSocket-Key: {key.decode()}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
@@ -209,23 +212,15 @@ class Wire:
             status, headers, version = await _read_head(conn.reader)
             if status != 101:
                 body, _ = await _read_body(conn.reader, "GET", status, headers, version)
-                try:
-                    decoded = models.loads(body) if body else None
-                except ValueError:
-                    decoded = None
-                raise error_from(status, decoded, what) if status >= 400 else ClientError(
+                raise error_from(status, models.json_or_none(body), what) if status >= 400 else ClientError(
                     f"{what}: HTTP {status} instead of a websocket", status=status, code="http_error")
             accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest()).decode()
             if headers.get("sec-websocket-accept") != accept or headers.get("upgrade", "").lower() != "websocket":
                 raise ProtocolError("the server did not accept the websocket handshake")
-        except (OSError, EOFError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ProtocolError,
-                ValueError) as exc:
-            self._open.discard(conn)
-            conn.close()
-            raise ClientError(f"{what}: {_describe(exc)}", status=0, code="unreachable") from None
-        except BaseException:
-            self._open.discard(conn)
-            conn.close()
+        except BaseException as exc:
+            self._drop(conn)
+            if isinstance(exc, _BROKEN):
+                raise ClientError(f"{what}: {_describe(exc)}", status=0, code="unreachable") from None
             raise
         return WebSocket(self, conn, heartbeat)
 
@@ -328,8 +323,7 @@ class WebSocket:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._wire._open.discard(self._conn)
-        self._conn.close()
+        self._wire._drop(self._conn)
 
 
 def _masked(data: bytes, mask: bytes) -> bytes:

@@ -266,13 +266,14 @@ def _packed(values: Sequence[Any]) -> str | None:
     return text
 
 
-def _arrays(kinds: Sequence[str], columns: Sequence[Sequence[Any]], first: int) -> tuple[list[str], list[Any]]:
-    """SQL expressions for array parameters ``$first``... of the given element kinds, and their
-    arguments: all packed in texts (see _SEP), or, when one column cannot be, all as arrays."""
+def _arrays(kinds: Sequence[str], columns: Sequence[Sequence[Any]], first: int) -> tuple[str, list[Any]]:
+    """The SQL of array parameters ``$first``... of the given element kinds (comma-separated)
+    and their arguments: all packed in texts (see _SEP), or, when one column cannot be, all as
+    arrays."""
     packed = [_packed(column) for column in columns]
     if all(text is not None for text in packed):
-        return [_SPLIT.format(n=n, kind=kind) for n, kind in enumerate(kinds, start=first)], packed
-    return [f"${n}::{kind}[]" for n, kind in enumerate(kinds, start=first)], [list(c) for c in columns]
+        return ", ".join(_SPLIT.format(n=n, kind=kind) for n, kind in enumerate(kinds, start=first)), packed
+    return ", ".join(f"${n}::{kind}[]" for n, kind in enumerate(kinds, start=first)), [list(c) for c in columns]
 
 
 _NEW_JOB_ARRAYS = (("id", "text"), ("queue", "text"), ("method", "text"), ("args", "text"), ("kwargs", "text"),
@@ -512,7 +513,13 @@ class PostgresStore(Store):
                         stop = True
                         break
                     batch.append(item)
-            await self._run_group(batch, slot)
+            self._groups_running += 1
+            try:
+                await self._run_group(batch, slot)
+            finally:
+                self._groups_running -= 1
+                if not self._groups_running and self._notified > self._cursor:
+                    self._catch_up_needed.set()   # notified of a commit that was not ours
             if stop:
                 return
 
@@ -521,15 +528,6 @@ class PostgresStore(Store):
         (each is two round trips per operation); if an operation raises, the transaction is
         rolled back and the group runs again with one savepoint per operation, so the one that
         failed rolls back alone."""
-        self._groups_running += 1
-        try:
-            await self._run_group_in(batch, slot)
-        finally:
-            self._groups_running -= 1
-            if not self._groups_running and self._notified > self._cursor:
-                self._catch_up_needed.set()   # notified of a commit that was not ours
-
-    async def _run_group_in(self, batch: list[tuple[Op, asyncio.Future[Any]]], slot: int) -> None:
         results: list[tuple[asyncio.Future[Any], bool, Any]] = []
         published: list[dict[str, Any]] = []
         try:
@@ -630,7 +628,7 @@ class PostgresStore(Store):
             "WITH s AS (UPDATE tqueues_event_seq SET last = last + $7 RETURNING last),"
             " ins AS (INSERT INTO tqueues_events (seq, ts, kind, queue, job_id, doc)"
             "   SELECT s.last - $7 + e.n, $1, e.kind, e.queue, e.job_id, e.doc::json"
-            f"   FROM s, unnest({', '.join(sql)}) WITH ORDINALITY AS e(kind, queue, job_id, doc, n))"
+            f"   FROM s, unnest({sql}) WITH ORDINALITY AS e(kind, queue, job_id, doc, n))"
             " SELECT s.last FROM s, pg_notify($6, s.last::text)",
             ts, *args, CHANNEL, len(events))
         first = int(last) - len(events) + 1
@@ -771,7 +769,7 @@ class PostgresStore(Store):
             if inserted:
                 # A key taken by a concurrent dispatcher since the check fails this operation alone.
                 sql, args = _arrays([kind for _, kind in _NEW_JOB_ARRAYS], _new_job_columns(inserted), 2)
-                await conn.execute(_INSERT_NEW_JOBS.replace("{arrays}", ", ".join(sql)), now, *args)
+                await conn.execute(_INSERT_NEW_JOBS.replace("{arrays}", sql), now, *args)
             return out  # type: ignore[return-value]
 
         try:
@@ -959,7 +957,7 @@ class PostgresStore(Store):
                 ordered = sorted(set(leases))
                 sql, args = _arrays(("text", "text"), ([i for i, _ in ordered], [l for _, l in ordered]), 2)
                 rows = await tx.conn.fetch(
-                    f"UPDATE tqueues_jobs j SET lease_expires = $1 FROM unnest({', '.join(sql)}) AS l(id, lease)"
+                    f"UPDATE tqueues_jobs j SET lease_expires = $1 FROM unnest({sql}) AS l(id, lease)"
                     " WHERE j.id = l.id AND j.lease = l.lease AND j.status = 'started' RETURNING j.id, j.lease",
                     expires, *args)
                 alive = {(r["id"], r["lease"]) for r in rows}
@@ -977,7 +975,7 @@ class PostgresStore(Store):
             # instead of three per job. Anything else goes through _complete_one, after the
             # set-wise writes pending so far have been applied (it reads the database).
             conn = tx.conn
-            (ids_sql,), ids = _arrays(("text",), (list(dict.fromkeys(o.id for o in outcomes)),), 1)
+            ids_sql, ids = _arrays(("text",), (list(dict.fromkeys(o.id for o in outcomes)),), 1)
             rows = await conn.fetch(f"SELECT {COLS} FROM tqueues_jobs WHERE id = ANY({ids_sql}) ORDER BY id FOR UPDATE", *ids)
             jobs = {row["id"]: row_to_job(row) for row in rows}
             out: list[dict[str, Any]] = []
@@ -991,7 +989,7 @@ class PostgresStore(Store):
                 sql, args = _arrays(("text", "text", "int"), ([f[0] for f in finished], [f[1] for f in finished],
                                                              [f[2] for f in finished]), 2)
                 await conn.execute(   # the jobs and their executions, in one round trip
-                    f"WITH f AS (SELECT * FROM unnest({', '.join(sql)}) AS f(id, result, attempt)),"
+                    f"WITH f AS (SELECT * FROM unnest({sql}) AS f(id, result, attempt)),"
                     " jobs AS (UPDATE tqueues_jobs j SET status = 'finished', result = f.result::jsonb, error = NULL, lease = NULL,"
                     "   lease_expires = NULL, finished_at = $1, updated_at = $1 FROM f WHERE j.id = f.id)"
                     " UPDATE tqueues_executions e SET status = 'finished', finished_at = $1"
