@@ -112,7 +112,7 @@ async def test_given_a_version_5_database_when_opened_then_the_queue_status_inde
         assert queue["oldest_pending"] == pytest.approx(second["created_at"]) and queue["counts"]["started"] == 1
 
 
-async def test_given_a_version_6_database_when_opened_then_events_ts_is_a_brin_index_and_executions_leave_room(
+async def test_given_a_version_6_database_when_opened_then_events_ts_is_a_brin_index(
         db_url: str) -> None:
     # Given the schema as tqueues left it at version 6: a B-tree of events.ts, executions packed full
     async with opened_after(db_url, 6, "DROP INDEX tqueues_events_ts_brin",
@@ -125,9 +125,10 @@ async def test_given_a_version_6_database_when_opened_then_events_ts_is_a_brin_i
             options = await conn.fetchval("SELECT reloptions FROM pg_class WHERE relname = 'tqueues_executions'")
         finally:
             await conn.close()
-        # Then events.ts is indexed by BRIN only, and executions pages keep room for updates
+        # Then events.ts is indexed by BRIN only, and executions pages are filled (version 10:
+        # rows are written once, when their attempt ends)
         assert "tqueues_events_ts" not in indexes and "USING brin (ts)" in indexes["tqueues_events_ts_brin"]
-        assert "fillfactor=50" in options
+        assert "fillfactor=100" in options
         # ... and pruning still removes old events, keeping the newest
         [(job, _)] = await store.enqueue([models.NewJob(queue="q", method="m:f")])
         [claimed] = await store.claim(["q"], "w", 1)
@@ -218,3 +219,46 @@ async def test_job_events_are_stored_as_value_arrays_and_events_written_as_objec
         await check_event_forms(store, write_old_event, created_is_array)
     finally:
         await store.close()
+
+
+async def test_given_a_version_9_database_with_attempts_running_when_they_end_then_each_has_one_execution_row(
+        db_url: str) -> None:
+    # Given the schema as tqueues left it at version 9, where a claim wrote its execution row at
+    # once (and pages kept room to update it): three jobs started there, their rows 'started'
+    async def start_three(store: Store) -> None:
+        await store.enqueue([models.NewJob(queue="q", method="m:f") for _ in range(3)])
+        claimed = await store.claim(["q"], "old-worker", 3)
+        conn = await asyncpg.connect(db_url)
+        try:
+            await conn.executemany(
+                "INSERT INTO tqueues_executions (job_id, attempt, worker, lease, status, started_at)"
+                " VALUES ($1, $2, $3, $4, 'started', $5)",
+                [(j["id"], j["attempts"], j["worker"], j["lease"], j["started_at"]) for j in claimed])
+        finally:
+            await conn.close()
+        started.extend(claimed)
+
+    started: list[dict[str, Any]] = []
+    async with opened_after(db_url, 9, "ALTER TABLE tqueues_executions SET (fillfactor = 50)",
+                            before=start_three) as store:
+        finish, fail, give_back = started
+        # When this version finishes one, fails one and gets the third handed back
+        await store.complete([Outcome(id=finish["id"], lease=finish["lease"], status=models.FINISHED)])
+        await store.complete([Outcome(id=fail["id"], lease=fail["lease"], status=models.FAILED, retry=False,
+                                      error=models.error_doc("E", "no"))])
+        await store.release([(give_back["id"], give_back["lease"])])
+        # Then each ended attempt has exactly its one row, with the old row's worker and start
+        [done] = await store.executions(finish["id"])
+        assert (done["attempt"], done["status"], done["worker"]) == (1, "finished", "old-worker")
+        assert done["started_at"] == pytest.approx(finish["started_at"]) and done["finished_at"] is not None
+        [failed] = await store.executions(fail["id"])
+        assert (failed["status"], failed["error"]["type"]) == ("failed", "E")
+        # ... the attempt handed back before it ran left none
+        assert await store.executions(give_back["id"]) == []
+        conn = await asyncpg.connect(db_url)
+        try:
+            assert await conn.fetchval("SELECT count(*) FROM tqueues_executions") == 2
+            options = await conn.fetchval("SELECT reloptions FROM pg_class WHERE relname = 'tqueues_executions'")
+        finally:
+            await conn.close()
+        assert "fillfactor=100" in options

@@ -11,6 +11,7 @@ from support.events import check_event_forms
 
 from tqueues import models
 from tqueues.store import open_store
+from tqueues.store.base import Outcome
 
 
 def indexes(path: Path) -> set[str]:
@@ -68,5 +69,44 @@ async def test_job_events_are_stored_as_value_arrays_and_events_written_as_objec
 
     try:
         await check_event_forms(store, write_old_event, created_is_array)
+    finally:
+        await store.close()
+
+
+async def test_execution_rows_are_written_when_attempts_end_and_rows_an_older_version_wrote_are_replaced(
+        tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    store = open_store(f"sqlite:///{path}")
+    await store.open()
+    try:
+        await store.enqueue([models.NewJob(queue="q", method="m:f") for _ in range(4)])
+        old, finish, fail, give_back = await store.claim(["q"], "w1", 4)
+        # Given a file where an older tqueues wrote the running attempt's row at the claim
+        with closing(sqlite3.connect(path)) as conn:
+            conn.execute("INSERT INTO executions (job_id, attempt, worker, lease, status, started_at)"
+                         " VALUES (?, 1, 'w1', ?, 'started', ?)", (old["id"], old["lease"], old["started_at"]))
+            conn.commit()
+
+            def stored() -> list[tuple[Any, ...]]:
+                return conn.execute("SELECT job_id, attempt, status FROM executions ORDER BY job_id").fetchall()
+
+            # Then the claim of this version wrote no row: the running attempts are read from the jobs
+            assert stored() == [(old["id"], 1, "started")]
+            running = [await store.executions(j["id"]) for j in (old, finish)]
+            assert [[(e["attempt"], e["worker"], e["status"], e["finished_at"]) for e in r] for r in running] == [
+                [(1, "w1", "started", None)]] * 2
+            # When the attempts end (one finished as a batch, one failed, one lost, one handed back)
+            await store.complete([Outcome(id=j["id"], lease=j["lease"], status=models.FINISHED) for j in (old, finish)])
+            await store.complete([Outcome(id=fail["id"], lease=fail["lease"], status=models.FAILED, retry=False,
+                                          error=models.error_doc("E", "no"))])
+            await store.release([(give_back["id"], give_back["lease"])])
+            # Then each ended attempt has its one row, with its worker and start, and the handed back none
+            assert sorted(stored()) == sorted([(old["id"], 1, "finished"), (finish["id"], 1, "finished"),
+                                               (fail["id"], 1, "failed")])
+            [done] = await store.executions(finish["id"])
+            assert (done["worker"], done["started_at"]) == ("w1", finish["started_at"]) and done["finished_at"]
+            assert conn.execute("SELECT lease FROM executions WHERE job_id = ?", (finish["id"],)).fetchone() == (
+                finish["lease"],)
+            assert await store.executions(give_back["id"]) == []
     finally:
         await store.close()

@@ -109,6 +109,23 @@ def new_job(spec: models.NewJob, now: float, job_id: str) -> dict[str, Any]:
     }
 
 
+def ended_attempt(job: dict[str, Any], status: str, now: float, error: Any = None) -> tuple[Any, ...]:
+    """The execution row (job_id, attempt, worker, lease, status, started_at, finished_at, error)
+    of the attempt of ``job``, a started job's document, ending now as ``status``."""
+    return (job["id"], job["attempts"], job["worker"], job["lease"], status, job["started_at"], now, error)
+
+
+def with_running_attempt(job: dict[str, Any], executions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``executions`` (the stored rows of ``job``, by attempt) with the attempt running now,
+    which stores keep on the job row alone until it ends (SQLite, PostgreSQL)."""
+    if job["status"] != models.STARTED:
+        return executions
+    attempt = job["attempts"]
+    running = {"job_id": job["id"], "attempt": attempt, "worker": job["worker"], "status": models.EXEC_STARTED,
+               "started_at": job["started_at"], "finished_at": None, "error": None}
+    return [e for e in executions if e["attempt"] != attempt] + [running]
+
+
 def leased_new_job(doc: dict[str, Any], worker: str | None, lease: str | None, lease_seconds: float,
                    now: float) -> dict[str, Any]:
     """The document of new job ``doc`` as a claim at ``now`` leases it (Store.enqueue_and_claim)."""

@@ -37,7 +37,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 from .. import models
 from ..errors import ConfigurationError, Conflict, JobNotFound, LeaseConflict, StoreUnavailable, TQueuesError
 from .base import (JOB_KEYS, Outcome, Store, conflict, event_doc, leased_new_job, new_job, ok, redact, stored_event_doc, token_not_found,
-                   worker_not_found)
+                   ended_attempt, with_running_attempt, worker_not_found)
 
 try:  # imported lazily by open_store; the module itself needs the driver
     import asyncpg
@@ -46,7 +46,7 @@ except ImportError:  # pragma: no cover - reported when the store is opened
 
 log = logging.getLogger("tqueues.store.postgres")
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 EVENT_LOCK = 0x7471_7565_7565_73   # advisory lock that ordered event seqs before schema version 8 ("tqueues")
 MIGRATE_LOCK = EVENT_LOCK + 1
 CHANNEL = "tqueues_events"
@@ -208,9 +208,30 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE tqueues_events ALTER COLUMN doc TYPE json USING doc::json;
     """,
+    # version 10: an execution row is written once, when its attempt ends (the running attempt
+    # is read from the job row), so its pages no longer keep room for an update. Dispatchers of
+    # older versions, which write the row at the claim and only update it at the end, refuse
+    # this schema: stop them before starting this one.
+    """
+    ALTER TABLE tqueues_executions SET (fillfactor = 100);
+    """,
 ]
 
 COLS = ", ".join(JOB_KEYS)
+
+# An attempt's execution row is written once, when the attempt ends (finished, failed, lost or
+# aborted); while it runs, the job row holds everything about it (attempts, worker, lease,
+# started_at) and executions() reads it from there: one row written per attempt instead of an
+# insert at the claim and an update at the end. The upsert replaces a row an older version
+# wrote when the attempt started.
+_END_ATTEMPTS = "INSERT INTO tqueues_executions (job_id, attempt, worker, lease, status, started_at, finished_at, error)"
+_REPLACE_ATTEMPT = ("ON CONFLICT (job_id, attempt) DO UPDATE SET worker = excluded.worker, lease = excluded.lease,"
+                    " status = excluded.status, started_at = excluded.started_at, finished_at = excluded.finished_at,"
+                    " error = excluded.error")
+_END_ATTEMPT = f"{_END_ATTEMPTS} VALUES ($1, $2, $3, $4, $5, $6, $7, $8) {_REPLACE_ATTEMPT}"
+
+
+
 JCOLS = ", ".join(f"j.{k}" for k in JOB_KEYS)
 JSON_COLS = frozenset({"args", "kwargs", "data", "result", "error"})
 
@@ -291,7 +312,7 @@ _JSON_ARRAYS = frozenset({"args", "kwargs", "data", "secrets"})
 # One new job in one statement, its own transaction: for enqueue_and_claim ($25 true) the job
 # goes in already leased to the waiting claim when it is that claim's first pick (t.take: its
 # queue is not paused and no ready job of the claim's queues ranks before it), else pending;
-# with its execution row, its events (job.created, and job.started when leased) under seqs from
+# with its events (job.created, and job.started when leased) under seqs from
 # the counter row, and NOTIFY. A plain enqueue of one job without a key ($25 false) is the same
 # statement, never leasing.
 _INSERT_LEASED = (   # $1-$13: _NEW_JOB_ARRAYS' columns of the one job (as values, not arrays)
@@ -306,8 +327,6 @@ _INSERT_LEASED = (   # $1-$13: _NEW_JOB_ARRAYS' columns of the one job (as value
     "   CASE WHEN t.take THEN 1 ELSE 0 END, $8, $9, $10, $11::text::jsonb, $12, $13::text::jsonb, $14, $14,"
     "   CASE WHEN t.take THEN $16 END, CASE WHEN t.take THEN $17::float8 END, CASE WHEN t.take THEN $18 END,"
     "   CASE WHEN t.take THEN $14 END FROM t),"
-    " x AS (INSERT INTO tqueues_executions (job_id, attempt, worker, lease, status, started_at)"
-    "   SELECT $1, 1, $18, $16, 'started', $14 FROM t WHERE t.take),"
     " s AS (UPDATE tqueues_event_seq SET last = last + (SELECT CASE WHEN take THEN 2 ELSE 1 END FROM t)"
     "   RETURNING last),"
     " e AS (INSERT INTO tqueues_events (seq, ts, kind, queue, job_id, doc)"
@@ -809,10 +828,10 @@ class PostgresStore(Store):
 
     async def _executions(self, job_id: str) -> list[dict[str, Any]]:
         async def read(conn: Any) -> list[dict[str, Any]]:
-            await self._require(conn, job_id)
+            job = await self._require(conn, job_id)
             rows = await conn.fetch("SELECT job_id, attempt, worker, status, started_at, finished_at, error"
                                     " FROM tqueues_executions WHERE job_id = $1 ORDER BY attempt", job_id)
-            return [dict(r) for r in rows]
+            return with_running_attempt(job, [dict(r) for r in rows])
 
         return await self._read(read)
 
@@ -835,8 +854,7 @@ class PostgresStore(Store):
                 raise Conflict(f"job {job_id} already ended {job['status']}", id=job_id, status=job["status"])
             error = models.error_doc("JobAborted", "the job was aborted")
             if job["status"] == models.STARTED:
-                await tx.conn.execute("UPDATE tqueues_executions SET status = 'aborted', finished_at = $3, error = $4"
-                                      " WHERE job_id = $1 AND attempt = $2", job_id, job["attempts"], now, error)
+                await tx.conn.execute(_END_ATTEMPT, *ended_attempt(job, models.EXEC_ABORTED, now, error))
             job = await self._update(tx.conn, job_id, "status = 'aborted', lease = NULL, lease_expires = NULL,"
                                      " error = $2, finished_at = $3, updated_at = $3", error, now)
             assert job is not None
@@ -885,20 +903,14 @@ class PostgresStore(Store):
             # One queue (the usual case) is an equality, so the ready index is walked in order and
             # the walk stops after `limit` rows; `= ANY(...)` makes PostgreSQL sort every ready job.
             match = "queue = $5::text" if len(queues) == 1 else "queue = ANY($5::text[])"
-            # The claim and its execution rows, in one round trip.
             rows = await conn.fetch(
-                f"WITH c AS (UPDATE tqueues_jobs j SET status = 'started', attempts = j.attempts + 1, lease = $1,"
+                f"UPDATE tqueues_jobs j SET status = 'started', attempts = j.attempts + 1, lease = $1,"
                 f" lease_expires = $2, worker = $3, started_at = $4, updated_at = $4"
                 f" FROM (SELECT seq FROM tqueues_jobs WHERE status = 'pending' AND {match}"
                 f"       AND run_at <= $4"
                 f"       AND queue NOT IN (SELECT name FROM tqueues_queues WHERE paused)"
                 f"       ORDER BY priority DESC, run_at, seq LIMIT $6 FOR UPDATE SKIP LOCKED) pick"
-                f" WHERE j.seq = pick.seq RETURNING j.seq AS _order, {JCOLS}),"
-                f" x AS (INSERT INTO tqueues_executions (job_id, attempt, worker, lease, status, started_at)"
-                f"   SELECT id, attempts, $3, $1, 'started', $4 FROM c ON CONFLICT (job_id, attempt) DO UPDATE"
-                f"   SET worker = excluded.worker, lease = excluded.lease, status = 'started',"
-                f"   started_at = excluded.started_at, finished_at = NULL, error = NULL)"
-                f" SELECT * FROM c",
+                f" WHERE j.seq = pick.seq RETURNING j.seq AS _order, {JCOLS}",
                 lease, now + lease_seconds, worker, now, queues[0] if len(queues) == 1 else queues, limit)
             rows = sorted(rows, key=lambda r: (-r["priority"], r["run_at"], r["_order"]))
             jobs = [row_to_job(r) for r in rows]
@@ -979,21 +991,22 @@ class PostgresStore(Store):
             rows = await conn.fetch(f"SELECT {COLS} FROM tqueues_jobs WHERE id = ANY({ids_sql}) ORDER BY id FOR UPDATE", *ids)
             jobs = {row["id"]: row_to_job(row) for row in rows}
             out: list[dict[str, Any]] = []
-            finished: list[tuple[str, str, int]] = []   # id, result as JSON text, attempt
+            finished: list[tuple[str, str, str]] = []   # id, result as JSON text, lease
 
             async def flush() -> None:
                 if not finished:
                     return
                 # Results go as JSON text: a jsonb[] parameter of lists would be taken for a
                 # multidimensional array.
-                sql, args = _arrays(("text", "text", "int"), ([f[0] for f in finished], [f[1] for f in finished],
-                                                             [f[2] for f in finished]), 2)
-                await conn.execute(   # the jobs and their executions, in one round trip
-                    f"WITH f AS (SELECT * FROM unnest({sql}) AS f(id, result, attempt)),"
+                sql, args = _arrays(("text", "text", "text"), ([f[0] for f in finished], [f[1] for f in finished],
+                                                              [f[2] for f in finished]), 2)
+                await conn.execute(   # the jobs and the rows of their executions, in one round trip
+                    f"WITH f AS (SELECT * FROM unnest({sql}) AS f(id, result, lease)),"
                     " jobs AS (UPDATE tqueues_jobs j SET status = 'finished', result = f.result::jsonb, error = NULL, lease = NULL,"
-                    "   lease_expires = NULL, finished_at = $1, updated_at = $1 FROM f WHERE j.id = f.id)"
-                    " UPDATE tqueues_executions e SET status = 'finished', finished_at = $1"
-                    " FROM f WHERE e.job_id = f.id AND e.attempt = f.attempt",
+                    "   lease_expires = NULL, finished_at = $1, updated_at = $1 FROM f WHERE j.id = f.id"
+                    "   RETURNING j.id, j.attempts, j.worker, f.lease, j.started_at)"
+                    f" {_END_ATTEMPTS} SELECT id, attempts, worker, lease, 'finished', started_at, $1, NULL FROM jobs"
+                    f" {_REPLACE_ATTEMPT}",
                     now, *args)
                 finished.clear()
 
@@ -1012,7 +1025,7 @@ class PostgresStore(Store):
                 value, text = models.jsonable_text(outcome.result)
                 new = {**job, "status": models.FINISHED, "result": value, "error": None, "lease": None,
                        "lease_expires": None, "finished_at": now, "updated_at": now}
-                finished.append((outcome.id, text, job["attempts"]))
+                finished.append((outcome.id, text, outcome.lease))
                 jobs[outcome.id] = new
                 tx.emit(models.EV_FINISHED, new)
                 out.append(ok(new))
@@ -1031,18 +1044,19 @@ class PostgresStore(Store):
                 return ok(job)
         elif job["status"] != models.STARTED or job["lease"] != outcome.lease:
             return conflict(outcome.id, LeaseConflict.code, LeaseConflict.__doc__ or "")
-        attempt = job["attempts"]
+        # An unfenced completion (TQueues) may end a job that is not running: no attempt ends.
+        running = job["status"] == models.STARTED
         if outcome.status == models.FINISHED:
             new = await self._update(conn, outcome.id, "status = 'finished', result = $2, error = NULL, lease = NULL,"
                                      " lease_expires = NULL, finished_at = $3, updated_at = $3",
                                      models.to_jsonable(outcome.result), now)
-            await conn.execute("UPDATE tqueues_executions SET status = 'finished', finished_at = $3"
-                               " WHERE job_id = $1 AND attempt = $2", outcome.id, attempt, now)
+            if running:
+                await conn.execute(_END_ATTEMPT, *ended_attempt(job, models.EXEC_FINISHED, now))
             kind = models.EV_FINISHED
         else:
             error = outcome.error or models.error_doc("Error", "the job failed")
-            await conn.execute("UPDATE tqueues_executions SET status = 'failed', finished_at = $3, error = $4"
-                               " WHERE job_id = $1 AND attempt = $2", outcome.id, attempt, now, error)
+            if running:
+                await conn.execute(_END_ATTEMPT, *ended_attempt(job, models.EXEC_FAILED, now, error))
             run_at = self.retry_at(job, outcome.retry, now)
             if run_at is None:
                 new = await self._update(conn, outcome.id, "status = 'failed', error = $2, lease = NULL,"
@@ -1069,6 +1083,7 @@ class PostgresStore(Store):
                 if new is None:
                     out[index] = conflict(job_id, LeaseConflict.code, LeaseConflict.__doc__ or "")
                     continue
+                # The attempt never ran: nothing of it is kept (a row only an older version wrote).
                 await tx.conn.execute("DELETE FROM tqueues_executions WHERE job_id = $1 AND attempt = $2",
                                       job_id, new["attempts"] + 1)
                 tx.emit(models.EV_RELEASED, new)
@@ -1099,8 +1114,7 @@ class PostgresStore(Store):
                                              job["lease"], error, now, where="AND lease = $2")
                     kind = models.EV_REQUEUED
                 if new is not None:
-                    await conn.execute("UPDATE tqueues_executions SET status = 'lost', finished_at = $3, error = $4"
-                                       " WHERE job_id = $1 AND attempt = $2", job["id"], job["attempts"], now, error)
+                    await conn.execute(_END_ATTEMPT, *ended_attempt(job, models.EXEC_LOST, now, error))
                     tx.emit(kind, new)
                     changed += 1
             return changed

@@ -44,7 +44,7 @@ from urllib.parse import unquote, urlsplit
 from .. import models
 from ..errors import Conflict, ConfigurationError, InvalidRequest, JobNotFound, LeaseConflict, StoreUnavailable, TQueuesError
 from .base import (JOB_KEYS, JOB_VALUES, Outcome, Store, conflict, event_doc, leased_new_job, new_job, ok, stored_event_doc, token_not_found,
-                   worker_not_found)
+                   ended_attempt, with_running_attempt, worker_not_found)
 
 log = logging.getLogger("tqueues.store.sqlite")
 
@@ -248,12 +248,13 @@ def _finish_sql(count: int) -> str:
             f" RETURNING {COLS}")
 
 
-@functools.lru_cache(maxsize=16)
-def _finish_executions_sql(count: int) -> str:
-    """Mark ``count`` executions finished: parameters ``now`` then ``(job_id, attempt)`` each."""
-    return ("UPDATE executions SET status = 'finished', finished_at = ?"
-            " FROM (VALUES " + _value_rows(2, count) + ") AS v"
-            " WHERE executions.job_id = v.column1 AND executions.attempt = v.column2")
+# An attempt's execution row is written once, when the attempt ends (finished, failed, lost or
+# aborted); while it runs, the job row holds everything about it (attempts, worker, lease,
+# started_at) and executions() reads it from there. One write per attempt instead of an insert
+# at the claim and an update at the end. REPLACE: an older version's row of the same attempt.
+_END_ATTEMPTS = "INSERT OR REPLACE INTO executions (job_id, attempt, worker, lease, status, started_at, finished_at, error)"
+_END_ATTEMPT = _END_ATTEMPTS + " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+
 
 
 def row_to_job(row: Sequence[Any]) -> dict[str, Any]:
@@ -750,12 +751,13 @@ class SQLiteStore(Store):
 
     async def _executions(self, job_id: str) -> list[dict[str, Any]]:
         def read(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-            self._require(conn, job_id)
+            job = self._require(conn, job_id)
             rows = conn.execute(
                 "SELECT job_id, attempt, worker, status, started_at, finished_at, error FROM executions"
                 " WHERE job_id = ? ORDER BY attempt", (job_id,)).fetchall()
-            return [{"job_id": r[0], "attempt": r[1], "worker": r[2], "status": r[3], "started_at": r[4],
-                     "finished_at": r[5], "error": models.loads(r[6]) if r[6] else None} for r in rows]
+            return with_running_attempt(job, [
+                {"job_id": r[0], "attempt": r[1], "worker": r[2], "status": r[3], "started_at": r[4],
+                 "finished_at": r[5], "error": models.loads(r[6]) if r[6] else None} for r in rows])
 
         return await self._read(read)
 
@@ -779,8 +781,8 @@ class SQLiteStore(Store):
                 raise Conflict(f"job {job_id} already ended {job['status']}", id=job_id, status=job["status"])
             error = models.dumps_str(models.error_doc("JobAborted", "the job was aborted"))
             if job["status"] == models.STARTED:
-                tx.conn.execute("UPDATE executions SET status = ?, finished_at = ?, error = ? WHERE job_id = ? AND attempt = ?",
-                                (models.EXEC_ABORTED, now, error, job_id, job["attempts"]))
+                tx.conn.execute(_END_ATTEMPT,
+                                ended_attempt(job, models.EXEC_ABORTED, now, error))
             job = self._update_job(tx.conn, job_id, "", (),
                                    "status = 'aborted', lease = NULL, lease_expires = NULL, error = ?, finished_at = ?, updated_at = ?",
                                    (error, now, now))
@@ -855,16 +857,9 @@ class SQLiteStore(Store):
         prio, run_at = JOB_KEYS.index("priority"), JOB_KEYS.index("run_at")
         rows.sort(key=lambda r: (-r[prio], r[run_at], r[-1]))
         jobs = [row_to_job(r[:-1]) for r in rows]
-        self._open_executions(conn, jobs, worker, lease, now)
         for job in jobs:
             tx.emit(models.EV_STARTED, job)
         return jobs
-
-    @staticmethod
-    def _open_executions(conn: sqlite3.Connection, jobs: list[dict[str, Any]], worker: str, lease: str,
-                         now: float) -> None:
-        insert_rows(conn, "INSERT OR REPLACE INTO executions (job_id, attempt, worker, lease, status, started_at)",
-                    [(j["id"], j["attempts"], worker, lease, models.STARTED, now) for j in jobs])
 
     async def _enqueue_and_claim(self, job: models.NewJob, queues: list[str], worker: str,
                                  lease_seconds: float, now: float, lease_prefix: str
@@ -890,7 +885,6 @@ class SQLiteStore(Store):
             lease = lease_prefix + secrets.token_hex(16)
             leased = leased_new_job(doc, worker, lease, lease_seconds, now)
             insert_rows(conn, f"INSERT INTO jobs ({COLS})", [job_row(leased)])
-            self._open_executions(conn, [leased], worker, lease, now)
             tx.emit(models.EV_STARTED, leased)
             return doc, [leased]
 
@@ -918,7 +912,7 @@ class SQLiteStore(Store):
         def op(tx: _Tx) -> list[dict[str, Any]]:
             # The common case, a fenced completion that finished, is applied set-wise: per chunk
             # one UPDATE ... FROM (VALUES ...) RETURNING that finishes every job whose lease
-            # still matches (the fence is in its WHERE), then one UPDATE of their executions.
+            # still matches (the fence is in its WHERE), then the rows of their executions.
             # Every other outcome goes through _complete_one, in order, after them: a failure,
             # an unfenced completion, the second outcome of a job in the batch, and a finished
             # one the set-wise update left alone (stale lease, unknown id), which it reports.
@@ -935,9 +929,10 @@ class SQLiteStore(Store):
                 for row in conn.execute(*_set_wise(_finish_sql, [now, now], chunk, 3)):
                     job = row_to_job(row)
                     finished[job["id"]] = job
-            executions = [(job_id, job["attempts"]) for job_id, job in finished.items()]
-            for chunk in models.iter_chunks(executions, FINISH_CHUNK):
-                conn.execute(*_set_wise(_finish_executions_sql, [now], chunk, 2))
+            # The returned rows have the lease cleared: the attempt's is the one the update matched.
+            insert_rows(conn, _END_ATTEMPTS, [
+                (job_id, job["attempts"], job["worker"], outcomes[fast[job_id]].lease, models.EXEC_FINISHED,
+                 job["started_at"], now, None) for job_id, job in finished.items()])
             out: list[dict[str, Any]] = []
             for i, outcome in enumerate(outcomes):
                 job = finished.get(outcome.id) if fast.get(outcome.id) == i else None
@@ -960,19 +955,21 @@ class SQLiteStore(Store):
                 return ok(job)
         elif job["status"] != models.STARTED or job["lease"] != outcome.lease:
             return conflict(outcome.id, LeaseConflict.code, LeaseConflict.__doc__ or "")
-        attempt = job["attempts"]
+        # An unfenced completion (TQueues) may end a job that is not running: no attempt ends.
+        running = job["status"] == models.STARTED
         if outcome.status == models.FINISHED:
             new = self._update_job(conn, outcome.id, "", (),
                                    "status = 'finished', result = ?, error = NULL, lease = NULL, lease_expires = NULL, finished_at = ?, updated_at = ?",
                                    (models.json_text(outcome.result), now, now))
-            conn.execute("UPDATE executions SET status = 'finished', finished_at = ? WHERE job_id = ? AND attempt = ?",
-                         (now, outcome.id, attempt))
+            if running:
+                conn.execute(_END_ATTEMPT, ended_attempt(job, models.EXEC_FINISHED, now))
             kind = models.EV_FINISHED
         else:
             error = outcome.error or models.error_doc("Error", "the job failed")
             error_json = models.dumps_str(error)
-            conn.execute("UPDATE executions SET status = 'failed', finished_at = ?, error = ? WHERE job_id = ? AND attempt = ?",
-                         (now, error_json, outcome.id, attempt))
+            if running:
+                conn.execute(_END_ATTEMPT,
+                             ended_attempt(job, models.EXEC_FAILED, now, error_json))
             run_at = self.retry_at(job, outcome.retry, now)
             if run_at is None:
                 new = self._update_job(conn, outcome.id, "", (),
@@ -996,6 +993,7 @@ class SQLiteStore(Store):
                 if job is None or job["status"] != models.STARTED or job["lease"] != lease:
                     out.append(conflict(job_id, LeaseConflict.code, LeaseConflict.__doc__ or ""))
                     continue
+                # The attempt never ran: nothing of it is kept (a row only an older version wrote).
                 tx.conn.execute("DELETE FROM executions WHERE job_id = ? AND attempt = ?", (job_id, job["attempts"]))
                 new = self._update_job(tx.conn, job_id, "", (),
                                        "status = 'pending', attempts = attempts - 1, lease = NULL, lease_expires = NULL,"
@@ -1016,8 +1014,6 @@ class SQLiteStore(Store):
                 job = row_to_job(row)
                 error = models.error_doc("WorkerLost", f"the lease of worker {job['worker']} expired before the job ended")
                 error_json = models.dumps_str(error)
-                conn.execute("UPDATE executions SET status = 'lost', finished_at = ?, error = ? WHERE job_id = ? AND attempt = ?",
-                             (now, error_json, job["id"], job["attempts"]))
                 if job["attempts"] >= job["max_attempts"]:
                     new = self._update_job(conn, job["id"], "AND lease = ?", (job["lease"],),
                                            "status = 'failed', error = ?, lease = NULL, lease_expires = NULL, finished_at = ?, updated_at = ?",
@@ -1029,6 +1025,8 @@ class SQLiteStore(Store):
                                            (error_json, now, now))
                     kind = models.EV_REQUEUED
                 if new is not None:
+                    conn.execute(_END_ATTEMPT,
+                                 ended_attempt(job, models.EXEC_LOST, now, error_json))
                     tx.emit(kind, new)
             return len(rows)
 
