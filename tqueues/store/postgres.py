@@ -231,7 +231,6 @@ _REPLACE_ATTEMPT = ("ON CONFLICT (job_id, attempt) DO UPDATE SET worker = exclud
 _END_ATTEMPT = f"{_END_ATTEMPTS} VALUES ($1, $2, $3, $4, $5, $6, $7, $8) {_REPLACE_ATTEMPT}"
 
 
-
 JCOLS = ", ".join(f"j.{k}" for k in JOB_KEYS)
 JSON_COLS = frozenset({"args", "kwargs", "data", "result", "error"})
 

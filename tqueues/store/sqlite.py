@@ -256,7 +256,6 @@ _END_ATTEMPTS = "INSERT OR REPLACE INTO executions (job_id, attempt, worker, lea
 _END_ATTEMPT = _END_ATTEMPTS + " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 
 
-
 def row_to_job(row: Sequence[Any]) -> dict[str, Any]:
     values = list(row)
     for i in _JSON_IDX:
@@ -781,8 +780,7 @@ class SQLiteStore(Store):
                 raise Conflict(f"job {job_id} already ended {job['status']}", id=job_id, status=job["status"])
             error = models.dumps_str(models.error_doc("JobAborted", "the job was aborted"))
             if job["status"] == models.STARTED:
-                tx.conn.execute(_END_ATTEMPT,
-                                ended_attempt(job, models.EXEC_ABORTED, now, error))
+                tx.conn.execute(_END_ATTEMPT, ended_attempt(job, models.EXEC_ABORTED, now, error))
             job = self._update_job(tx.conn, job_id, "", (),
                                    "status = 'aborted', lease = NULL, lease_expires = NULL, error = ?, finished_at = ?, updated_at = ?",
                                    (error, now, now))
