@@ -109,10 +109,12 @@ def new_job(spec: models.NewJob, now: float, job_id: str) -> dict[str, Any]:
     }
 
 
-def ended_attempt(job: dict[str, Any], status: str, now: float, error: Any = None) -> tuple[Any, ...]:
+def ended_attempt(job: dict[str, Any], status: str, now: float, error: Any = None,
+                  lease: str | None = None) -> tuple[Any, ...]:
     """The execution row (job_id, attempt, worker, lease, status, started_at, finished_at, error)
-    of the attempt of ``job``, a started job's document, ending now as ``status``."""
-    return (job["id"], job["attempts"], job["worker"], job["lease"], status, job["started_at"], now, error)
+    of the attempt of ``job``, a started job's document, ending now as ``status``; ``lease``
+    when the document given no longer holds the attempt's (a row the ending already cleared)."""
+    return (job["id"], job["attempts"], job["worker"], lease or job["lease"], status, job["started_at"], now, error)
 
 
 def with_running_attempt(job: dict[str, Any], executions: list[dict[str, Any]]) -> list[dict[str, Any]]:

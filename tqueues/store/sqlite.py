@@ -928,9 +928,8 @@ class SQLiteStore(Store):
                     job = row_to_job(row)
                     finished[job["id"]] = job
             # The returned rows have the lease cleared: the attempt's is the one the update matched.
-            insert_rows(conn, _END_ATTEMPTS, [
-                (job_id, job["attempts"], job["worker"], outcomes[fast[job_id]].lease, models.EXEC_FINISHED,
-                 job["started_at"], now, None) for job_id, job in finished.items()])
+            insert_rows(conn, _END_ATTEMPTS, [ended_attempt(job, models.EXEC_FINISHED, now, lease=outcomes[fast[job_id]].lease)
+                                              for job_id, job in finished.items()])
             out: list[dict[str, Any]] = []
             for i, outcome in enumerate(outcomes):
                 job = finished.get(outcome.id) if fast.get(outcome.id) == i else None
@@ -966,8 +965,7 @@ class SQLiteStore(Store):
             error = outcome.error or models.error_doc("Error", "the job failed")
             error_json = models.dumps_str(error)
             if running:
-                conn.execute(_END_ATTEMPT,
-                             ended_attempt(job, models.EXEC_FAILED, now, error_json))
+                conn.execute(_END_ATTEMPT, ended_attempt(job, models.EXEC_FAILED, now, error_json))
             run_at = self.retry_at(job, outcome.retry, now)
             if run_at is None:
                 new = self._update_job(conn, outcome.id, "", (),
@@ -1023,8 +1021,7 @@ class SQLiteStore(Store):
                                            (error_json, now, now))
                     kind = models.EV_REQUEUED
                 if new is not None:
-                    conn.execute(_END_ATTEMPT,
-                                 ended_attempt(job, models.EXEC_LOST, now, error_json))
+                    conn.execute(_END_ATTEMPT, ended_attempt(job, models.EXEC_LOST, now, error_json))
                     tx.emit(kind, new)
             return len(rows)
 
