@@ -110,3 +110,30 @@ async def test_execution_rows_are_written_when_attempts_end_and_rows_an_older_ve
             assert await store.executions(give_back["id"]) == []
     finally:
         await store.close()
+
+
+async def test_new_jobs_are_stored_exactly_as_their_documents_rows_whatever_the_batch_size(tmp_path: Path) -> None:
+    # A batch enqueue binds only what varies between new jobs (the rest are constants of its
+    # statement): the stored rows must be those job_row writes for the same documents.
+    from tqueues.store.sqlite import COLS, job_row
+
+    path = tmp_path / "rows.db"
+    store = open_store(f"sqlite:///{path}")
+    await store.open()
+    now = models.now()
+    specs = [models.NewJob(queue="q", method="m:f", args=[i, "x"], kwargs={"k": i} if i % 2 else {},
+                           priority=i % 3, run_at=now + 60 if i % 5 == 0 else None, max_attempts=1 + i % 4,
+                           timeout=2.5 if i % 3 else None, key=f"key-{i}" if i % 7 == 0 else None,
+                           backoff=0.5, data={"d": [i]} if i % 4 else {}, secrets=["s"] if i == 3 else [])
+             for i in range(37)]   # one statement of 32 rows and five of one
+    batch = await store.enqueue(specs)
+    (single, _), = await store.enqueue([models.NewJob(queue="q", method="m:g")])
+    await store.close()
+    docs = [doc for doc, created in batch if created] + [single]
+    assert len(docs) == 38
+    with closing(sqlite3.connect(path)) as conn:
+        rows = {row[0]: list(row) for row in conn.execute(f"SELECT {COLS} FROM jobs")}
+    assert len(rows) == 38
+    for doc in docs:
+        assert rows[doc["id"]] == job_row(doc), doc["id"]
+    assert rows[docs[3]["id"]][-1] == '["s"]' and rows[docs[0]["id"]][-1] == "null"
