@@ -184,8 +184,8 @@ def job_row(doc: dict[str, Any]) -> list[Any]:
 
 
 # A new pending job's row: the columns that vary are bound, those every new job has in common
-# are constants of the statement (ten parameters fewer a row than job_row's: binding them was a
-# sixth of a batch enqueue). What it stores is exactly what job_row writes for new_job's document.
+# are constants of the statement (ten parameters fewer a row than job_row's). What it stores is
+# exactly what job_row writes for new_job's document.
 _NEW_JOB_KEYS = ("id", "queue", "method", "args", "kwargs", "priority", "run_at", "max_attempts", "timeout",
                  "backoff", "data", "key", "created_at", "updated_at", "secrets")
 _INSERT_NEW = ("INSERT INTO jobs (" + ", ".join(_NEW_JOB_KEYS)
