@@ -128,12 +128,16 @@ async def test_new_jobs_are_stored_exactly_as_their_documents_rows_whatever_the_
              for i in range(37)]   # one statement of 32 rows and five of one
     batch = await store.enqueue(specs)
     (single, _), = await store.enqueue([models.NewJob(queue="q", method="m:g")])
+    # and one enqueued for a parked claim that takes a ready job of higher priority instead
+    waiting, claimed = await store.enqueue_and_claim(models.NewJob(queue="q", method="m:h"), ["q"], "w1")
+    assert waiting["status"] == models.PENDING and [j["id"] for j in claimed] != [waiting["id"]]
     await store.close()
-    docs = [doc for doc, created in batch if created] + [single]
+    taken = {j["id"] for j in claimed}
+    docs = [doc for doc, created in batch if created and doc["id"] not in taken] + [single, waiting]
     assert len(docs) == 38
     with closing(sqlite3.connect(path)) as conn:
         rows = {row[0]: list(row) for row in conn.execute(f"SELECT {COLS} FROM jobs")}
-    assert len(rows) == 38
+    assert len(rows) == 39
     for doc in docs:
         assert rows[doc["id"]] == job_row(doc), doc["id"]
-    assert rows[docs[3]["id"]][-1] == '["s"]' and rows[docs[0]["id"]][-1] == "null"
+    assert rows[batch[3][0]["id"]][-1] == '["s"]' and rows[batch[0][0]["id"]][-1] == "null"

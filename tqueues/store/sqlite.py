@@ -901,7 +901,7 @@ class SQLiteStore(Store):
                     first = row
             if job.queue not in active or (first is not None and (-first[0], first[1]) <= (-doc["priority"], doc["run_at"])):
                 # Not the new job: it waits, and the claim takes its first pick as claim() would.
-                insert_rows(conn, f"INSERT INTO jobs ({COLS})", [job_row(doc)])
+                insert_rows(conn, _INSERT_NEW, [new_job_row(doc)], _NEW_ROW)
                 return doc, self._claim_in(tx, queues, worker, 1, lease_seconds, now, lease_prefix)
             lease = lease_prefix + secrets.token_hex(16)
             leased = leased_new_job(doc, worker, lease, lease_seconds, now)
