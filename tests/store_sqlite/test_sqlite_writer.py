@@ -178,9 +178,11 @@ async def test_given_an_idle_store_and_a_known_queue_then_an_enqueue_is_one_lean
         await put(store)
     finally:
         store._writer.conn.set_trace_callback(None)
-    # No savepoints, no busy-timeout changes, no queue insert: only the writes themselves
-    verbs = [" ".join(s.split()[:2]).upper() for s in statements]
-    assert verbs == ["BEGIN IMMEDIATE", "INSERT INTO", "SELECT COALESCE(MAX(SEQ),", "INSERT INTO", "COMMIT"], statements
+    # No savepoints, no busy-timeout changes, no queue insert: only the writes themselves (the
+    # job, its queue's count, its event)
+    verbs = [" ".join(s.split()[:3]).upper() for s in statements]
+    assert verbs == ["BEGIN IMMEDIATE", "INSERT INTO JOBS", "INSERT INTO QUEUE_COUNTS", "SELECT COALESCE(MAX(SEQ), 0)",
+                     "INSERT INTO EVENTS", "COMMIT"], statements
     assert "queues" not in " ".join(statements)
 
 

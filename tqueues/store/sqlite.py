@@ -58,7 +58,7 @@ log = logging.getLogger("tqueues.store.sqlite")
 sqlite3.register_adapter(type(None), {}.get)
 sqlite3.register_adapter(bytes, bytes)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -97,6 +97,14 @@ CREATE INDEX IF NOT EXISTS jobs_delayed ON jobs (queue, run_at) WHERE status = '
 CREATE INDEX IF NOT EXISTS jobs_leases ON jobs (lease_expires) WHERE status = 'started';
 CREATE INDEX IF NOT EXISTS jobs_queue_status ON jobs (queue, status);
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
+-- How many jobs each queue has in each status, kept by every write in its own transaction
+-- (_Tx.emit): the queues' counts without counting a million jobs (schema version 3).
+CREATE TABLE IF NOT EXISTS queue_counts (
+    queue TEXT NOT NULL,
+    status TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (queue, status)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS executions (
     job_id TEXT NOT NULL,
     attempt INTEGER NOT NULL,
@@ -271,6 +279,10 @@ def _finish_sql(count: int) -> str:
             f" RETURNING {COLS}")
 
 
+_COUNT = ("INSERT INTO queue_counts (queue, status, n) VALUES (?, ?, ?)"
+          " ON CONFLICT (queue, status) DO UPDATE SET n = n + excluded.n")
+
+
 # An attempt's execution row is written once, when the attempt ends (finished, failed, lost or
 # aborted); while it runs, the job row holds everything about it (attempts, worker, lease,
 # started_at) and executions() reads it from there. One write per attempt instead of an insert
@@ -304,15 +316,22 @@ def path_from_url(url: str) -> str:
     return path
 
 
-def _migrate(conn: sqlite3.Connection) -> None:
-    """Bring a file made by an older tqueues up to this SCHEMA (new tables come from SCHEMA)."""
+def _migrate(conn: sqlite3.Connection, version: int) -> None:
+    """Bring a file made by an older tqueues (schema ``version``) up to this SCHEMA (new tables
+    come from SCHEMA)."""
     columns = {row[1] for row in conn.execute("PRAGMA table_info(queues)")}
     if "strict" not in columns:
         conn.execute("ALTER TABLE queues ADD COLUMN strict INTEGER NOT NULL DEFAULT 0")
     if "secrets" not in {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}:
         conn.execute("ALTER TABLE jobs ADD COLUMN secrets TEXT")
     conn.execute("DROP INDEX IF EXISTS jobs_next")   # every pending job; jobs_delayed replaced it
+    conn.execute("BEGIN IMMEDIATE")
+    if version < 3:   # queue_counts is new: the jobs are counted once, writes keep it from then on
+        conn.execute("DELETE FROM queue_counts")
+        conn.execute("INSERT INTO queue_counts (queue, status, n) SELECT queue, status, COUNT(*) FROM jobs"
+                     " GROUP BY queue, status")
     conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+    conn.execute("COMMIT")
 
 
 def _connect(path: str) -> sqlite3.Connection:
@@ -336,17 +355,33 @@ class _Op:
 
 
 class _Tx:
-    """What a write operation sees: the connection, and a list to append its events to."""
+    """What a write operation sees: the connection, a list to append its events to, and the
+    changes of its jobs' statuses (per queue), written to queue_counts with its events."""
 
-    __slots__ = ("conn", "events", "after_commit")
+    __slots__ = ("conn", "events", "after_commit", "moved")
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         self.events: list[Event] = []
         self.after_commit: list[Callable[[], None]] = []   # run once the transaction committed
+        self.moved: dict[tuple[str, str], int] = {}        # (queue, status) → jobs gained or lost
 
-    def emit(self, kind: str, job: dict[str, Any]) -> None:
-        self.events.append((kind, job.get("queue"), job.get("id"), job))
+    def emit(self, kind: str, job: dict[str, Any], was: str | None) -> None:
+        """The event of a change of ``job`` (its document as written), whose status was ``was``
+        before (None: a new job). Every write of a job's status goes through here, so that
+        queue_counts follows the jobs table."""
+        queue = job["queue"]
+        self.events.append((kind, queue, job["id"], job))
+        status = job["status"]
+        if status != was:
+            moved = self.moved
+            if was is not None:
+                moved[queue, was] = moved.get((queue, was), 0) - 1
+            moved[queue, status] = moved.get((queue, status), 0) + 1
+
+    def count(self, queue: str, status: str, delta: int) -> None:
+        """``delta`` jobs of ``queue`` gained (or lost) in ``status`` without an event (prune)."""
+        self.moved[queue, status] = self.moved.get((queue, status), 0) + delta
 
 
 def _busy(exc: sqlite3.Error) -> bool:
@@ -463,6 +498,7 @@ class _Writer(threading.Thread):
         conn = self.conn
         results: list[tuple[_Op, bool, Any]] = []
         events: list[Event] = []
+        moved: dict[tuple[str, str], int] = {}
         committed: list[Callable[[], None]] = []
         try:
             if not begun:
@@ -486,6 +522,14 @@ class _Writer(threading.Thread):
                     results.append((op, True, value))
                     events.extend(tx.events)
                     committed.extend(tx.after_commit)
+                    if tx.moved:
+                        if moved:
+                            for key, delta in tx.moved.items():
+                                moved[key] = moved.get(key, 0) + delta
+                        else:
+                            moved = tx.moved
+            if moved:
+                conn.executemany(_COUNT, [(queue, status, delta) for (queue, status), delta in moved.items() if delta])
             published = self._insert_events(conn, events)
             conn.execute("COMMIT")
             for hook in committed:
@@ -578,7 +622,7 @@ class SQLiteStore(Store):
                 conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
                 (version,) = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
                 if int(version) <= SCHEMA_VERSION:
-                    _migrate(conn)
+                    _migrate(conn, int(version))
             finally:
                 conn.close()
         except sqlite3.Error as exc:
@@ -737,7 +781,7 @@ class SQLiteStore(Store):
                     seen_keys[spec.key] = doc
                 rows.append(new_job_row(doc))
                 out[index] = (doc, True)
-                tx.emit(models.EV_CREATED, doc)
+                tx.emit(models.EV_CREATED, doc, None)
             self._ensure_queues(tx, {spec.queue for spec in jobs}, now)
             insert_rows(conn, _INSERT_NEW, rows, _NEW_ROW)
             return out  # type: ignore[return-value]
@@ -791,7 +835,7 @@ class SQLiteStore(Store):
             merged = {**(job["data"] or {}), **data}
             job = self._update_job(tx.conn, job_id, "", (), "data = ?, updated_at = ?", (models.dumps_str(merged), now))
             assert job is not None
-            tx.emit(models.EV_UPDATED, job)
+            tx.emit(models.EV_UPDATED, job, job["status"])
             return job
 
         return await self._write(op)
@@ -802,13 +846,14 @@ class SQLiteStore(Store):
             if job["status"] in models.TERMINAL:
                 raise Conflict(f"job {job_id} already ended {job['status']}", id=job_id, status=job["status"])
             error = models.dumps_str(models.error_doc("JobAborted", "the job was aborted"))
-            if job["status"] == models.STARTED:
+            was = job["status"]
+            if was == models.STARTED:
                 tx.conn.execute(_END_ATTEMPT, ended_attempt(job, models.EXEC_ABORTED, now, error))
             job = self._update_job(tx.conn, job_id, "", (),
                                    "status = 'aborted', lease = NULL, lease_expires = NULL, error = ?, finished_at = ?, updated_at = ?",
                                    (error, now, now))
             assert job is not None
-            tx.emit(models.EV_ABORTED, job)
+            tx.emit(models.EV_ABORTED, job, was)
             return job
 
         return await self._write(op)
@@ -816,15 +861,16 @@ class SQLiteStore(Store):
     async def _retry(self, job_id: str, now: float) -> dict[str, Any]:
         def op(tx: _Tx) -> dict[str, Any]:
             job = self._require(tx.conn, job_id)
-            if job["status"] not in (models.FAILED, models.ABORTED):
-                raise Conflict(f"job {job_id} is {job['status']}; only failed or aborted jobs can be retried",
-                               id=job_id, status=job["status"])
+            was = job["status"]
+            if was not in (models.FAILED, models.ABORTED):
+                raise Conflict(f"job {job_id} is {was}; only failed or aborted jobs can be retried",
+                               id=job_id, status=was)
             job = self._update_job(tx.conn, job_id, "", (),
                                    "status = 'pending', run_at = ?, max_attempts = MAX(max_attempts, attempts + 1),"
                                    " lease = NULL, lease_expires = NULL, worker = NULL, finished_at = NULL, updated_at = ?",
                                    (now, now))
             assert job is not None
-            tx.emit(models.EV_RETRYING, job)
+            tx.emit(models.EV_RETRYING, job, was)
             return job
 
         return await self._write(op)
@@ -879,7 +925,7 @@ class SQLiteStore(Store):
         rows.sort(key=lambda r: (-r[prio], r[run_at], r[-1]))
         jobs = [row_to_job(r[:-1]) for r in rows]
         for job in jobs:
-            tx.emit(models.EV_STARTED, job)
+            tx.emit(models.EV_STARTED, job, models.PENDING)
         return jobs
 
     async def _enqueue_and_claim(self, job: models.NewJob, queues: list[str], worker: str,
@@ -889,7 +935,7 @@ class SQLiteStore(Store):
             conn = tx.conn
             (job_id,) = models.new_ids(1)
             doc = new_job(job, now, job_id)
-            tx.emit(models.EV_CREATED, doc)
+            tx.emit(models.EV_CREATED, doc, None)
             self._ensure_queues(tx, {job.queue}, now)
             active = self._active_queues(conn, queues)
             # The claim's first pick among the jobs already ready, if any, against the new one.
@@ -906,7 +952,7 @@ class SQLiteStore(Store):
             lease = lease_prefix + secrets.token_hex(16)
             leased = leased_new_job(doc, worker, lease, lease_seconds, now)
             insert_rows(conn, f"INSERT INTO jobs ({COLS})", [job_row(leased)])
-            tx.emit(models.EV_STARTED, leased)
+            tx.emit(models.EV_STARTED, leased, models.PENDING)
             return doc, [leased]
 
         return await self._write(op, inline=True)
@@ -959,7 +1005,7 @@ class SQLiteStore(Store):
                 if job is None:
                     out.append(self._complete_one(tx, outcome, now))
                     continue
-                tx.emit(models.EV_FINISHED, job)
+                tx.emit(models.EV_FINISHED, job, models.STARTED)
                 out.append(ok(job))
             return out
 
@@ -1001,7 +1047,7 @@ class SQLiteStore(Store):
                                        (error_json, run_at, now))
                 kind = models.EV_RETRYING
         assert new is not None
-        tx.emit(kind, new)
+        tx.emit(kind, new, job["status"])
         return ok(new)
 
     async def _release(self, leases: list[tuple[str, str]], now: float) -> list[dict[str, Any]]:
@@ -1018,7 +1064,7 @@ class SQLiteStore(Store):
                                        "status = 'pending', attempts = attempts - 1, lease = NULL, lease_expires = NULL,"
                                        " worker = NULL, started_at = NULL, updated_at = ?", (now,))
                 assert new is not None
-                tx.emit(models.EV_RELEASED, new)
+                tx.emit(models.EV_RELEASED, new, models.STARTED)
                 out.append(ok(new))
             return out
 
@@ -1045,7 +1091,7 @@ class SQLiteStore(Store):
                     kind = models.EV_REQUEUED
                 if new is not None:
                     conn.execute(_END_ATTEMPT, ended_attempt(job, models.EXEC_LOST, now, error_json))
-                    tx.emit(kind, new)
+                    tx.emit(kind, new, models.STARTED)
             return len(rows)
 
         return await self._write(op)
@@ -1116,7 +1162,7 @@ class SQLiteStore(Store):
             for name, paused, strict in conn.execute("SELECT name, paused, strict FROM queues ORDER BY name"):
                 out[name] = {"name": name, "paused": bool(paused), "strict": bool(strict),
                              "counts": dict.fromkeys(models.STATUSES, 0)}
-            for name, status, count in conn.execute("SELECT queue, status, COUNT(*) FROM jobs GROUP BY queue, status"):
+            for name, status, count in conn.execute("SELECT queue, status, n FROM queue_counts WHERE n != 0"):
                 entry = out.setdefault(name, {"name": name, "paused": False, "strict": False,
                                               "counts": dict.fromkeys(models.STATUSES, 0)})
                 entry["counts"][status] = count
@@ -1256,6 +1302,10 @@ class SQLiteStore(Store):
                          " AND status IN ('finished', 'failed', 'aborted'))", (cutoff,))
             conn.execute("DELETE FROM executions WHERE job_id IN (SELECT id FROM jobs WHERE finished_at < ?"
                          " AND status IN ('finished', 'failed', 'aborted'))", (cutoff,))
+            for queue, status, count in conn.execute(
+                    "SELECT queue, status, COUNT(*) FROM jobs WHERE finished_at < ? AND status IN ('finished', 'failed', 'aborted')"
+                    " GROUP BY queue, status", (cutoff,)):
+                tx.count(queue, status, -count)
             cur = conn.execute("DELETE FROM jobs WHERE finished_at < ? AND status IN ('finished', 'failed', 'aborted')", (cutoff,))
             conn.execute("DELETE FROM events WHERE ts < ? AND seq < (SELECT MAX(seq) FROM events)", (cutoff,))
             return cur.rowcount
