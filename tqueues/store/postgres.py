@@ -46,7 +46,7 @@ except ImportError:  # pragma: no cover - reported when the store is opened
 
 log = logging.getLogger("tqueues.store.postgres")
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 EVENT_LOCK = 0x7471_7565_7565_73   # advisory lock that ordered event seqs before schema version 8 ("tqueues")
 MIGRATE_LOCK = EVENT_LOCK + 1
 CHANNEL = "tqueues_events"
@@ -215,7 +215,40 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE tqueues_executions SET (fillfactor = 100);
     """,
+    # version 11: each queue's count of jobs per status, as rows of changes that add up to it.
+    # Every write appends the changes of status it made, in its own transaction (one row per
+    # queue and status it changed): appended rows lock nothing another writer waits for, where
+    # one row per count would serialize every writer on it. The lease reaper folds the rows
+    # into one per count. The jobs are counted once here; dispatchers of older versions, which
+    # do not append, refuse this schema: stop them before starting this one.
+    """
+    CREATE TABLE IF NOT EXISTS tqueues_queue_counts (
+        id BIGSERIAL PRIMARY KEY,
+        queue TEXT NOT NULL,
+        status TEXT NOT NULL,
+        n BIGINT NOT NULL
+    );
+    DELETE FROM tqueues_queue_counts;
+    INSERT INTO tqueues_queue_counts (queue, status, n)
+        SELECT queue, status, COUNT(*) FROM tqueues_jobs GROUP BY queue, status;
+    """,
 ]
+
+# The changes of a group's job statuses: parameters queues, statuses, deltas (arrays).
+_COUNT = ("INSERT INTO tqueues_queue_counts (queue, status, n)"
+          " SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])")
+
+
+def _count_arrays(changed: list[tuple[tuple[str, str], int]]) -> tuple[list[str], list[str], list[int]]:
+    """_COUNT's arrays (queues, statuses, deltas) for ``((queue, status), delta)`` pairs."""
+    return [q for (q, _), _ in changed], [s for (_, s), _ in changed], [d for _, d in changed]
+
+
+# One statement (one snapshot): the rows it deletes are exactly the rows it adds up, so a fold
+# running beside another (another dispatcher's) or beside writers keeps every total.
+_FOLD_COUNTS = ("WITH d AS (DELETE FROM tqueues_queue_counts RETURNING queue, status, n)"
+                " INSERT INTO tqueues_queue_counts (queue, status, n)"
+                " SELECT queue, status, SUM(n) FROM d GROUP BY queue, status HAVING SUM(n) <> 0")
 
 COLS = ", ".join(JOB_KEYS)
 
@@ -331,7 +364,9 @@ _INSERT_LEASED = (   # $1-$13: _NEW_JOB_ARRAYS' columns of the one job (as value
     " e AS (INSERT INTO tqueues_events (seq, ts, kind, queue, job_id, doc)"
     "   SELECT s.last - (CASE WHEN t.take THEN 2 ELSE 1 END) + v.n, $19, v.kind, $2, $1, v.doc::json"
     "   FROM s, t, (VALUES (1, $20::text, $22::text), (2, $21::text, $23::text)) AS v(n, kind, doc)"
-    "   WHERE v.n = 1 OR t.take)"
+    "   WHERE v.n = 1 OR t.take),"
+    " c AS (INSERT INTO tqueues_queue_counts (queue, status, n)"
+    "   SELECT $2, CASE WHEN t.take THEN 'started' ELSE 'pending' END, 1 FROM t)"
     " SELECT t.take, s.last FROM t, s, pg_notify($24, s.last::text)")
 # ... for the first job of a queue this dispatcher has not seen yet: its queue row too
 _NEW_QUEUE = ("nq AS (INSERT INTO tqueues_queues (name, paused, created_at, updated_at)"
@@ -376,16 +411,32 @@ class _OperationFailed(Exception):
 
 
 class _Tx:
-    __slots__ = ("conn", "events", "after_commit", "published")
+    __slots__ = ("conn", "events", "after_commit", "published", "moved")
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
         self.events: list[Event] = []
         self.after_commit: list[Callable[[], None]] = []   # run once the transaction committed
         self.published: list[dict[str, Any]] = []   # events the operation inserted itself, in seq order
+        self.moved: dict[tuple[str, str], int] = {}   # (queue, status) → jobs gained or lost
 
-    def emit(self, kind: str, job: dict[str, Any]) -> None:
-        self.events.append((kind, job.get("queue"), job.get("id"), job))
+    def emit(self, kind: str, job: dict[str, Any], was: str | None) -> None:
+        """The event of a change of ``job`` (its document as written), whose status was ``was``
+        before (None: a new job). Every write of a job's status goes through here (or writes
+        its counts itself, as _INSERT_LEASED does), so that tqueues_queue_counts adds up to
+        the jobs."""
+        queue = job["queue"]
+        self.events.append((kind, queue, job["id"], job))
+        status = job["status"]
+        if status != was:
+            moved = self.moved
+            if was is not None:
+                moved[queue, was] = moved.get((queue, was), 0) - 1
+            moved[queue, status] = moved.get((queue, status), 0) + 1
+
+    def count(self, queue: str, status: str, delta: int) -> None:
+        """``delta`` jobs of ``queue`` gained (or lost) in ``status`` without an event (prune)."""
+        self.moved[queue, status] = self.moved.get((queue, status), 0) + delta
 
 
 Op = Callable[[_Tx], Awaitable[Any]]
@@ -611,6 +662,7 @@ class PostgresStore(Store):
         committed: list[Callable[[], None]] = []
         async with conn.transaction():
             events: list[Event] = []
+            moved: dict[tuple[str, str], int] = {}
             inserted: list[dict[str, Any]] = []   # by operations themselves: their seqs come first
             for fn, future in batch:
                 tx = _Tx(conn)
@@ -631,24 +683,36 @@ class PostgresStore(Store):
                     events.extend(tx.events)
                     inserted.extend(tx.published)
                     committed.extend(tx.after_commit)
-            published = inserted + (await self._insert_events(conn, events) if events else [])
+                    for key, delta in tx.moved.items():
+                        moved[key] = moved.get(key, 0) + delta
+            changed = [(key, delta) for key, delta in moved.items() if delta]
+            if events:
+                published = inserted + await self._insert_events(conn, events, changed)
+            else:
+                published = inserted
+                if changed:   # (a prune)
+                    await conn.execute(_COUNT, *_count_arrays(changed))
         for hook in committed:
             hook()
         return results, published
 
-    async def _insert_events(self, conn: Any, events: list[Event]) -> list[dict[str, Any]]:
+    async def _insert_events(self, conn: Any, events: list[Event], changed: list[tuple[tuple[str, str], int]]
+                             ) -> list[dict[str, Any]]:
         # One statement takes the seqs from the counter row (locked until commit: writers of
-        # every dispatcher get theirs in commit order), inserts the events and NOTIFYs.
+        # every dispatcher get theirs in commit order), inserts the events and NOTIFYs, and
+        # appends the changes of the queues' counts (``changed``) that the events made.
         ts = models.now()
         sql, args = _arrays(("text",) * 4, ([e[0] for e in events], [e[1] for e in events], [e[2] for e in events],
                                             [models.dumps_str(stored_event_doc(e[3])) for e in events]), 2)
+        counts = (" c AS (INSERT INTO tqueues_queue_counts (queue, status, n)"
+                  " SELECT * FROM unnest($8::text[], $9::text[], $10::bigint[])),") if changed else ""
         last = await conn.fetchval(
-            "WITH s AS (UPDATE tqueues_event_seq SET last = last + $7 RETURNING last),"
+            f"WITH{counts} s AS (UPDATE tqueues_event_seq SET last = last + $7 RETURNING last),"
             " ins AS (INSERT INTO tqueues_events (seq, ts, kind, queue, job_id, doc)"
             "   SELECT s.last - $7 + e.n, $1, e.kind, e.queue, e.job_id, e.doc::json"
             f"   FROM s, unnest({sql}) WITH ORDINALITY AS e(kind, queue, job_id, doc, n))"
             " SELECT s.last FROM s, pg_notify($6, s.last::text)",
-            ts, *args, CHANNEL, len(events))
+            ts, *args, CHANNEL, len(events), *(_count_arrays(changed) if changed else ()))
         first = int(last) - len(events) + 1
         return [{"seq": first + offset, "ts": ts, "kind": kind, "queue": queue, "job_id": job_id, "new_val": doc}
                 for offset, (kind, queue, job_id, doc) in enumerate(events)]
@@ -782,7 +846,7 @@ class PostgresStore(Store):
                     existing[spec.key] = doc
                 inserted.append(doc)
                 out[index] = (doc, True)
-                tx.emit(models.EV_CREATED, doc)
+                tx.emit(models.EV_CREATED, doc, None)
             await self._ensure_queues(tx, {spec.queue for spec in jobs}, now)
             if inserted:
                 # A key taken by a concurrent dispatcher since the check fails this operation alone.
@@ -841,7 +905,7 @@ class PostgresStore(Store):
                 raise LeaseConflict(id=job_id)
             job = await self._update(tx.conn, job_id, "data = data || $2::jsonb, updated_at = $3", data, now)
             assert job is not None
-            tx.emit(models.EV_UPDATED, job)
+            tx.emit(models.EV_UPDATED, job, job["status"])
             return job
 
         return await self._write(op)
@@ -852,12 +916,13 @@ class PostgresStore(Store):
             if job["status"] in models.TERMINAL:
                 raise Conflict(f"job {job_id} already ended {job['status']}", id=job_id, status=job["status"])
             error = models.error_doc("JobAborted", "the job was aborted")
-            if job["status"] == models.STARTED:
+            was = job["status"]
+            if was == models.STARTED:
                 await tx.conn.execute(_END_ATTEMPT, *ended_attempt(job, models.EXEC_ABORTED, now, error))
             job = await self._update(tx.conn, job_id, "status = 'aborted', lease = NULL, lease_expires = NULL,"
                                      " error = $2, finished_at = $3, updated_at = $3", error, now)
             assert job is not None
-            tx.emit(models.EV_ABORTED, job)
+            tx.emit(models.EV_ABORTED, job, was)
             return job
 
         return await self._write(op)
@@ -865,14 +930,15 @@ class PostgresStore(Store):
     async def _retry(self, job_id: str, now: float) -> dict[str, Any]:
         async def op(tx: _Tx) -> dict[str, Any]:
             job = await self._require(tx.conn, job_id, lock=True)
-            if job["status"] not in (models.FAILED, models.ABORTED):
-                raise Conflict(f"job {job_id} is {job['status']}; only failed or aborted jobs can be retried",
-                               id=job_id, status=job["status"])
+            was = job["status"]
+            if was not in (models.FAILED, models.ABORTED):
+                raise Conflict(f"job {job_id} is {was}; only failed or aborted jobs can be retried",
+                               id=job_id, status=was)
             job = await self._update(tx.conn, job_id, "status = 'pending', run_at = $2,"
                                      " max_attempts = GREATEST(max_attempts, attempts + 1), lease = NULL,"
                                      " lease_expires = NULL, worker = NULL, finished_at = NULL, updated_at = $2", now)
             assert job is not None
-            tx.emit(models.EV_RETRYING, job)
+            tx.emit(models.EV_RETRYING, job, was)
             return job
 
         return await self._write(op)
@@ -914,7 +980,7 @@ class PostgresStore(Store):
             rows = sorted(rows, key=lambda r: (-r["priority"], r["run_at"], r["_order"]))
             jobs = [row_to_job(r) for r in rows]
             for job in jobs:
-                tx.emit(models.EV_STARTED, job)
+                tx.emit(models.EV_STARTED, job, models.PENDING)
             return jobs
 
         return await self._write(op)
@@ -1026,7 +1092,7 @@ class PostgresStore(Store):
                        "lease_expires": None, "finished_at": now, "updated_at": now}
                 finished.append((outcome.id, text, outcome.lease))
                 jobs[outcome.id] = new
-                tx.emit(models.EV_FINISHED, new)
+                tx.emit(models.EV_FINISHED, new, models.STARTED)
                 out.append(ok(new))
             await flush()
             return out
@@ -1066,7 +1132,7 @@ class PostgresStore(Store):
                                          " lease_expires = NULL, worker = NULL, updated_at = $4", error, run_at, now)
                 kind = models.EV_RETRYING
         assert new is not None
-        tx.emit(kind, new)
+        tx.emit(kind, new, job["status"])
         return ok(new)
 
     async def _release(self, leases: list[tuple[str, str]], now: float) -> list[dict[str, Any]]:
@@ -1085,7 +1151,7 @@ class PostgresStore(Store):
                 # The attempt never ran: nothing of it is kept (a row only an older version wrote).
                 await tx.conn.execute("DELETE FROM tqueues_executions WHERE job_id = $1 AND attempt = $2",
                                       job_id, new["attempts"] + 1)
-                tx.emit(models.EV_RELEASED, new)
+                tx.emit(models.EV_RELEASED, new, models.STARTED)
                 out[index] = ok(new)
             return out
 
@@ -1114,8 +1180,10 @@ class PostgresStore(Store):
                     kind = models.EV_REQUEUED
                 if new is not None:
                     await conn.execute(_END_ATTEMPT, *ended_attempt(job, models.EXEC_LOST, now, error))
-                    tx.emit(kind, new)
+                    tx.emit(kind, new, models.STARTED)
                     changed += 1
+            # The reaper's round also folds the counts' rows of changes into one per count.
+            await conn.execute(_FOLD_COUNTS)
             return changed
 
         return await self._write(op)
@@ -1180,7 +1248,8 @@ class PostgresStore(Store):
             for row in await conn.fetch("SELECT name, paused, strict FROM tqueues_queues ORDER BY name"):
                 out[row["name"]] = {"name": row["name"], "paused": row["paused"], "strict": row["strict"],
                                     "counts": dict.fromkeys(models.STATUSES, 0)}
-            for row in await conn.fetch("SELECT queue, status, COUNT(*) AS n FROM tqueues_jobs GROUP BY queue, status"):
+            for row in await conn.fetch("SELECT queue, status, SUM(n)::bigint AS n FROM tqueues_queue_counts"
+                                        " GROUP BY queue, status HAVING SUM(n) <> 0"):
                 entry = out.setdefault(row["queue"], {"name": row["queue"], "paused": False, "strict": False,
                                                       "counts": dict.fromkeys(models.STATUSES, 0)})
                 entry["counts"][row["status"]] = row["n"]
@@ -1310,10 +1379,14 @@ class PostgresStore(Store):
                                " WHERE finished_at < $1 AND status IN ('finished', 'failed', 'aborted'))", cutoff)
             await conn.execute("DELETE FROM tqueues_executions WHERE job_id IN (SELECT id FROM tqueues_jobs"
                                " WHERE finished_at < $1 AND status IN ('finished', 'failed', 'aborted'))", cutoff)
-            result = await conn.execute("DELETE FROM tqueues_jobs WHERE finished_at < $1"
-                                        " AND status IN ('finished', 'failed', 'aborted')", cutoff)
+            deleted = 0
+            for row in await conn.fetch("WITH d AS (DELETE FROM tqueues_jobs WHERE finished_at < $1"
+                                        " AND status IN ('finished', 'failed', 'aborted') RETURNING queue, status)"
+                                        " SELECT queue, status, COUNT(*) AS n FROM d GROUP BY queue, status", cutoff):
+                tx.count(row["queue"], row["status"], -row["n"])
+                deleted += row["n"]
             await conn.execute("DELETE FROM tqueues_events WHERE ts < $1 AND seq < (SELECT MAX(seq) FROM tqueues_events)", cutoff)
-            return int(result.split()[-1])
+            return deleted
 
         return await self._write(op)
 
