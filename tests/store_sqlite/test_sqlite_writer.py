@@ -181,7 +181,7 @@ async def test_given_an_idle_store_and_a_known_queue_then_an_enqueue_is_one_lean
     # No savepoints, no busy-timeout changes, no queue insert: only the writes themselves (the
     # job, its queue's count, its event)
     verbs = [" ".join(s.split()[:3]).upper() for s in statements]
-    assert verbs == ["BEGIN IMMEDIATE", "INSERT INTO JOBS", "INSERT INTO QUEUE_COUNTS", "SELECT COALESCE(MAX(SEQ), 0)",
+    assert verbs == ["BEGIN IMMEDIATE", "INSERT INTO JOBS", "INSERT INTO QUEUE_COUNTS",
                      "INSERT INTO EVENTS", "COMMIT"], statements
     assert "queues" not in " ".join(statements)
 
@@ -252,3 +252,24 @@ def test_given_any_json_value_in_a_json_column_then_it_reads_back_as_written(val
     for name in sqlite_store.JSON_COLS:
         doc[name] = value
     assert sqlite_store.row_to_job(sqlite_store.job_row(doc)) == doc
+
+
+@pytest.mark.parametrize("count", [1, 2, 33])
+async def test_given_events_another_process_wrote_then_the_next_events_follow_them_in_order(
+        store, tmp_path: Path, count: int) -> None:
+    await put(store)
+    # Given an event row another process wrote, with a seq far beyond the store's
+    other = sqlite3.connect(tmp_path / "q.db")
+    other.execute("INSERT INTO events (seq, ts, kind, queue, job_id, doc) VALUES (5000, 0, 'queue', 'w', NULL, '{}')")
+    other.commit()
+    other.close()
+    # When the store writes events (one statement or several), they continue after it, in order
+    sub = store.subscribe()
+    results = await store.enqueue([spec(n) for n in range(count)])
+    published = await sub.get()
+    sub.close()
+    assert [e["seq"] for e in published] == list(range(5001, 5001 + count))
+    stored = await store.events_since(5000, 1000)
+    assert [(e["seq"], e["job_id"]) for e in stored] == [(e["seq"], e["job_id"]) for e in published]
+    assert [e["job_id"] for e in stored] == [job["id"] for job, _ in results]
+    assert await store.last_seq() == 5000 + count

@@ -230,22 +230,27 @@ def _values_sql(head: str, width: int, count: int, row: str | None = None) -> st
     return head + " VALUES " + _value_rows(width, count, row)
 
 
-def insert_rows(conn: sqlite3.Connection, head: str, rows: Sequence[Sequence[Any]], row: str | None = None) -> None:
+def insert_rows(conn: sqlite3.Connection, head: str, rows: Sequence[Sequence[Any]], row: str | None = None) -> int | None:
     """``head`` (``INSERT INTO t (a, b)``) for every row: INSERT_CHUNK rows per statement, the
     rest one statement each. Binding one statement of many rows costs a fifth less per row
     than executemany's statement per row (and stays within SQLite's oldest limit of 999
     parameters: INSERT_CHUNK rows of the widest table, jobs). ``row``: each row's VALUES
-    tuple when it is not all parameters (_NEW_ROW)."""
+    tuple when it is not all parameters (_NEW_ROW). Returns the rowid of the last row."""
     if not rows:
-        return
+        return None
     width = len(rows[0])
     full = len(rows) - len(rows) % INSERT_CHUNK
+    last = None
     if full:
         sql = _values_sql(head, width, INSERT_CHUNK, row)
         for start in range(0, full, INSERT_CHUNK):
-            conn.execute(sql, list(_chain(rows[start:start + INSERT_CHUNK])))
+            last = conn.execute(sql, list(_chain(rows[start:start + INSERT_CHUNK]))).lastrowid
     if full < len(rows):
-        conn.executemany(_values_sql(head, width, 1, row), rows[full:])
+        one = _values_sql(head, width, 1, row)
+        if full < len(rows) - 1:
+            conn.executemany(one, rows[full:-1])
+        last = conn.execute(one, rows[-1]).lastrowid   # executemany tells no rowid
+    return last
 
 
 FINISH_CHUNK = 256                # outcomes per set-wise completion (3 parameters each: under 999)
@@ -548,16 +553,16 @@ class _Writer(threading.Thread):
     def _insert_events(self, conn: sqlite3.Connection, events: list[Event]) -> list[dict[str, Any]]:
         if not events:
             return []
-        (last,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
+        # seq is the rowid: SQLite gives each new row one more than the table's largest, so the
+        # events of one transaction (which holds the write lock) get consecutive seqs after every
+        # committed one, whoever wrote those (prune always keeps the newest row).
         ts = models.now()
-        published = []
-        rows = []
-        for offset, (kind, queue, job_id, doc) in enumerate(events, start=1):
-            seq = last + offset
-            rows.append((seq, ts, kind, queue, job_id, event_doc_text(doc)))
-            published.append({"seq": seq, "ts": ts, "kind": kind, "queue": queue, "job_id": job_id, "new_val": doc})
-        insert_rows(conn, "INSERT INTO events (seq, ts, kind, queue, job_id, doc)", rows)
-        return published
+        last = insert_rows(conn, "INSERT INTO events (ts, kind, queue, job_id, doc)",
+                           [(ts, kind, queue, job_id, event_doc_text(doc)) for kind, queue, job_id, doc in events])
+        assert last is not None
+        first = last - len(events) + 1
+        return [{"seq": seq, "ts": ts, "kind": kind, "queue": queue, "job_id": job_id, "new_val": doc}
+                for seq, (kind, queue, job_id, doc) in enumerate(events, start=first)]
 
 
 class _Checkpointer(threading.Thread):
