@@ -77,6 +77,35 @@ WORKER_COMMANDS = (None, "stop")
 MAX_LEASE = 24 * 3600.0
 
 
+class Changes:
+    """What a write operation of the SQLite and PostgreSQL stores collects for its transaction:
+    its events, and how many jobs each (queue, status) gained or lost, which the store writes
+    to its queue counts in the same transaction."""
+
+    __slots__ = ("events", "moved")
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str | None, str | None, dict[str, Any]]] = []   # kind, queue, job id, doc
+        self.moved: dict[tuple[str, str], int] = {}   # (queue, status) → jobs gained or lost
+
+    def emit(self, kind: str, job: dict[str, Any], was: str | None) -> None:
+        """The event of a change of ``job`` (its document as written), whose status was ``was``
+        before (None: a new job). Every write of a job's status goes through here (or writes
+        its counts itself), so that the queue counts follow the jobs."""
+        queue = job["queue"]
+        self.events.append((kind, queue, job["id"], job))
+        status = job["status"]
+        if status != was:
+            moved = self.moved
+            if was is not None:
+                moved[queue, was] = moved.get((queue, was), 0) - 1
+            moved[queue, status] = moved.get((queue, status), 0) + 1
+
+    def count(self, queue: str, status: str, delta: int) -> None:
+        """``delta`` jobs of ``queue`` gained (or lost) in ``status`` without an event (prune)."""
+        self.moved[queue, status] = self.moved.get((queue, status), 0) + delta
+
+
 @dataclass(slots=True)
 class Outcome:
     """How one attempt ended, as reported by the worker holding its lease.

@@ -36,7 +36,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from .. import models
 from ..errors import ConfigurationError, Conflict, JobNotFound, LeaseConflict, StoreUnavailable, TQueuesError
-from .base import (JOB_KEYS, Outcome, Store, conflict, event_doc, leased_new_job, new_job, ok, redact, stored_event_doc, token_not_found,
+from .base import (JOB_KEYS, Changes, Outcome, Store, conflict, event_doc, leased_new_job, new_job, ok, redact, stored_event_doc, token_not_found,
                    ended_attempt, with_running_attempt, worker_not_found)
 
 try:  # imported lazily by open_store; the module itself needs the driver
@@ -410,33 +410,19 @@ class _OperationFailed(Exception):
         self.error = error
 
 
-class _Tx:
-    __slots__ = ("conn", "events", "after_commit", "published", "moved")
+class _Tx(Changes):
+    """What a write operation sees: the connection, and what it collects for the transaction
+    (its events, and its jobs' changes of status, appended to tqueues_queue_counts with the
+    events; an operation that inserts its own events, as _INSERT_LEASED does, appends its own
+    counts too)."""
+
+    __slots__ = ("conn", "after_commit", "published")
 
     def __init__(self, conn: Any) -> None:
+        super().__init__()
         self.conn = conn
-        self.events: list[Event] = []
         self.after_commit: list[Callable[[], None]] = []   # run once the transaction committed
         self.published: list[dict[str, Any]] = []   # events the operation inserted itself, in seq order
-        self.moved: dict[tuple[str, str], int] = {}   # (queue, status) → jobs gained or lost
-
-    def emit(self, kind: str, job: dict[str, Any], was: str | None) -> None:
-        """The event of a change of ``job`` (its document as written), whose status was ``was``
-        before (None: a new job). Every write of a job's status goes through here (or writes
-        its counts itself, as _INSERT_LEASED does), so that tqueues_queue_counts adds up to
-        the jobs."""
-        queue = job["queue"]
-        self.events.append((kind, queue, job["id"], job))
-        status = job["status"]
-        if status != was:
-            moved = self.moved
-            if was is not None:
-                moved[queue, was] = moved.get((queue, was), 0) - 1
-            moved[queue, status] = moved.get((queue, status), 0) + 1
-
-    def count(self, queue: str, status: str, delta: int) -> None:
-        """``delta`` jobs of ``queue`` gained (or lost) in ``status`` without an event (prune)."""
-        self.moved[queue, status] = self.moved.get((queue, status), 0) + delta
 
 
 Op = Callable[[_Tx], Awaitable[Any]]

@@ -44,7 +44,7 @@ from urllib.parse import unquote, urlsplit
 
 from .. import models
 from ..errors import Conflict, ConfigurationError, InvalidRequest, JobNotFound, LeaseConflict, StoreUnavailable, TQueuesError
-from .base import (JOB_KEYS, JOB_VALUES, Outcome, Store, conflict, event_doc, leased_new_job, new_job, ok, stored_event_doc, token_not_found,
+from .base import (JOB_KEYS, JOB_VALUES, Changes, Outcome, Store, conflict, event_doc, leased_new_job, new_job, ok, stored_event_doc, token_not_found,
                    ended_attempt, with_running_attempt, worker_not_found)
 
 log = logging.getLogger("tqueues.store.sqlite")
@@ -359,34 +359,16 @@ class _Op:
         self.small = small   # may run inline (see SQLiteStore._write)
 
 
-class _Tx:
-    """What a write operation sees: the connection, a list to append its events to, and the
-    changes of its jobs' statuses (per queue), written to queue_counts with its events."""
+class _Tx(Changes):
+    """What a write operation sees: the connection, and what it collects for the transaction
+    (its events, and its jobs' changes of status, written to queue_counts with them)."""
 
-    __slots__ = ("conn", "events", "after_commit", "moved")
+    __slots__ = ("conn", "after_commit")
 
     def __init__(self, conn: sqlite3.Connection) -> None:
+        super().__init__()
         self.conn = conn
-        self.events: list[Event] = []
         self.after_commit: list[Callable[[], None]] = []   # run once the transaction committed
-        self.moved: dict[tuple[str, str], int] = {}        # (queue, status) → jobs gained or lost
-
-    def emit(self, kind: str, job: dict[str, Any], was: str | None) -> None:
-        """The event of a change of ``job`` (its document as written), whose status was ``was``
-        before (None: a new job). Every write of a job's status goes through here, so that
-        queue_counts follows the jobs table."""
-        queue = job["queue"]
-        self.events.append((kind, queue, job["id"], job))
-        status = job["status"]
-        if status != was:
-            moved = self.moved
-            if was is not None:
-                moved[queue, was] = moved.get((queue, was), 0) - 1
-            moved[queue, status] = moved.get((queue, status), 0) + 1
-
-    def count(self, queue: str, status: str, delta: int) -> None:
-        """``delta`` jobs of ``queue`` gained (or lost) in ``status`` without an event (prune)."""
-        self.moved[queue, status] = self.moved.get((queue, status), 0) + delta
 
 
 def _busy(exc: sqlite3.Error) -> bool:
