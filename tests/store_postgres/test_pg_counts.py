@@ -53,6 +53,14 @@ async def test_every_kind_of_write_keeps_the_queue_counts_equal_to_the_jobs(db_u
         await store.requeue_expired()
         kept, counted, folded = await sums_and_counts(db_url)
         assert kept == counted and folded == len(counted) < rows
+        # And a round with nothing to fold rewrites nothing
+        conn = await asyncpg.connect(db_url)
+        try:
+            before = await conn.fetch("SELECT id, queue, status, n FROM tqueues_queue_counts ORDER BY id")
+            await store.requeue_expired()
+            assert await conn.fetch("SELECT id, queue, status, n FROM tqueues_queue_counts ORDER BY id") == before
+        finally:
+            await conn.close()
     finally:
         await store.close()
 

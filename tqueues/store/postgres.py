@@ -244,9 +244,13 @@ def _count_arrays(changed: list[tuple[tuple[str, str], int]]) -> tuple[list[str]
     return [q for (q, _), _ in changed], [s for (_, s), _ in changed], [d for _, d in changed]
 
 
-# One statement (one snapshot): the rows it deletes are exactly the rows it adds up, so a fold
-# running beside another (another dispatcher's) or beside writers keeps every total.
-_FOLD_COUNTS = ("WITH d AS (DELETE FROM tqueues_queue_counts RETURNING queue, status, n)"
+# The counts with more than one row, each folded into one (none left when it adds up to 0; an
+# idle database rewrites nothing). One statement: the rows it deletes are exactly the rows it
+# adds up, so a fold running beside another (another dispatcher's) or beside writers keeps
+# every total.
+_FOLD_COUNTS = ("WITH d AS (DELETE FROM tqueues_queue_counts WHERE (queue, status) IN"
+                "   (SELECT queue, status FROM tqueues_queue_counts GROUP BY queue, status HAVING COUNT(*) > 1)"
+                "   RETURNING queue, status, n)"
                 " INSERT INTO tqueues_queue_counts (queue, status, n)"
                 " SELECT queue, status, SUM(n) FROM d GROUP BY queue, status HAVING SUM(n) <> 0")
 
