@@ -106,6 +106,16 @@ class Changes:
         self.moved[queue, status] = self.moved.get((queue, status), 0) + delta
 
 
+def net_moves(operations: Sequence[Changes]) -> list[tuple[str, str, int]]:
+    """``(queue, status, delta)`` for every count the operations of one transaction changed, their
+    changes added up (those that cancel out left out)."""
+    total: dict[tuple[str, str], int] = {}
+    for changes in operations:
+        for key, delta in changes.moved.items():
+            total[key] = total.get(key, 0) + delta
+    return [(queue, status, delta) for (queue, status), delta in total.items() if delta]
+
+
 @dataclass(slots=True)
 class Outcome:
     """How one attempt ended, as reported by the worker holding its lease.

@@ -36,8 +36,8 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from .. import models
 from ..errors import ConfigurationError, Conflict, JobNotFound, LeaseConflict, StoreUnavailable, TQueuesError
-from .base import (JOB_KEYS, Changes, Outcome, Store, conflict, event_doc, leased_new_job, new_job, ok, redact, stored_event_doc, token_not_found,
-                   ended_attempt, with_running_attempt, worker_not_found)
+from .base import (JOB_KEYS, Changes, Outcome, Store, conflict, event_doc, leased_new_job, net_moves, new_job, ok, redact, stored_event_doc,
+                   token_not_found, ended_attempt, with_running_attempt, worker_not_found)
 
 try:  # imported lazily by open_store; the module itself needs the driver
     import asyncpg
@@ -239,9 +239,9 @@ _COUNT = ("INSERT INTO tqueues_queue_counts (queue, status, n)"
           " SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])")
 
 
-def _count_arrays(changed: list[tuple[tuple[str, str], int]]) -> tuple[list[str], list[str], list[int]]:
-    """_COUNT's arrays (queues, statuses, deltas) for ``((queue, status), delta)`` pairs."""
-    return [q for (q, _), _ in changed], [s for (_, s), _ in changed], [d for _, d in changed]
+def _count_arrays(moves: list[tuple[str, str, int]]) -> tuple[list[str], list[str], list[int]]:
+    """_COUNT's arrays (queues, statuses, deltas) for ``(queue, status, delta)`` rows (net_moves)."""
+    return [m[0] for m in moves], [m[1] for m in moves], [m[2] for m in moves]
 
 
 # The counts with more than one row, each folded into one (none left when it adds up to 0; an
@@ -652,7 +652,7 @@ class PostgresStore(Store):
         committed: list[Callable[[], None]] = []
         async with conn.transaction():
             events: list[Event] = []
-            moved: dict[tuple[str, str], int] = {}
+            landed: list[_Tx] = []   # the operations that did not fail
             inserted: list[dict[str, Any]] = []   # by operations themselves: their seqs come first
             for fn, future in batch:
                 tx = _Tx(conn)
@@ -673,36 +673,35 @@ class PostgresStore(Store):
                     events.extend(tx.events)
                     inserted.extend(tx.published)
                     committed.extend(tx.after_commit)
-                    for key, delta in tx.moved.items():
-                        moved[key] = moved.get(key, 0) + delta
-            changed = [(key, delta) for key, delta in moved.items() if delta]
+                    landed.append(tx)
+            moves = net_moves(landed)
             if events:
-                published = inserted + await self._insert_events(conn, events, changed)
+                published = inserted + await self._insert_events(conn, events, moves)
             else:
                 published = inserted
-                if changed:   # (a prune)
-                    await conn.execute(_COUNT, *_count_arrays(changed))
+                if moves:   # (a prune)
+                    await conn.execute(_COUNT, *_count_arrays(moves))
         for hook in committed:
             hook()
         return results, published
 
-    async def _insert_events(self, conn: Any, events: list[Event], changed: list[tuple[tuple[str, str], int]]
+    async def _insert_events(self, conn: Any, events: list[Event], moves: list[tuple[str, str, int]]
                              ) -> list[dict[str, Any]]:
         # One statement takes the seqs from the counter row (locked until commit: writers of
         # every dispatcher get theirs in commit order), inserts the events and NOTIFYs, and
-        # appends the changes of the queues' counts (``changed``) that the events made.
+        # appends the changes of the queues' counts (``moves``, net_moves) that the events made.
         ts = models.now()
         sql, args = _arrays(("text",) * 4, ([e[0] for e in events], [e[1] for e in events], [e[2] for e in events],
                                             [models.dumps_str(stored_event_doc(e[3])) for e in events]), 2)
         counts = (" c AS (INSERT INTO tqueues_queue_counts (queue, status, n)"
-                  " SELECT * FROM unnest($8::text[], $9::text[], $10::bigint[])),") if changed else ""
+                  " SELECT * FROM unnest($8::text[], $9::text[], $10::bigint[])),") if moves else ""
         last = await conn.fetchval(
             f"WITH{counts} s AS (UPDATE tqueues_event_seq SET last = last + $7 RETURNING last),"
             " ins AS (INSERT INTO tqueues_events (seq, ts, kind, queue, job_id, doc)"
             "   SELECT s.last - $7 + e.n, $1, e.kind, e.queue, e.job_id, e.doc::json"
             f"   FROM s, unnest({sql}) WITH ORDINALITY AS e(kind, queue, job_id, doc, n))"
             " SELECT s.last FROM s, pg_notify($6, s.last::text)",
-            ts, *args, CHANNEL, len(events), *(_count_arrays(changed) if changed else ()))
+            ts, *args, CHANNEL, len(events), *(_count_arrays(moves) if moves else ()))
         first = int(last) - len(events) + 1
         return [{"seq": first + offset, "ts": ts, "kind": kind, "queue": queue, "job_id": job_id, "new_val": doc}
                 for offset, (kind, queue, job_id, doc) in enumerate(events)]

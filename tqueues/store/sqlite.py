@@ -44,8 +44,8 @@ from urllib.parse import unquote, urlsplit
 
 from .. import models
 from ..errors import Conflict, ConfigurationError, InvalidRequest, JobNotFound, LeaseConflict, StoreUnavailable, TQueuesError
-from .base import (JOB_KEYS, JOB_VALUES, Changes, Outcome, Store, conflict, event_doc, leased_new_job, new_job, ok, stored_event_doc, token_not_found,
-                   ended_attempt, with_running_attempt, worker_not_found)
+from .base import (JOB_KEYS, JOB_VALUES, Changes, Outcome, Store, conflict, event_doc, leased_new_job, net_moves, new_job, ok, stored_event_doc,
+                   token_not_found, ended_attempt, with_running_attempt, worker_not_found)
 
 log = logging.getLogger("tqueues.store.sqlite")
 
@@ -98,7 +98,7 @@ CREATE INDEX IF NOT EXISTS jobs_leases ON jobs (lease_expires) WHERE status = 's
 CREATE INDEX IF NOT EXISTS jobs_queue_status ON jobs (queue, status);
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
 -- How many jobs each queue has in each status, kept by every write in its own transaction
--- (_Tx.emit): the queues' counts without counting a million jobs (schema version 3).
+-- (base.Changes): the queues' counts without counting a million jobs (schema version 3).
 CREATE TABLE IF NOT EXISTS queue_counts (
     queue TEXT NOT NULL,
     status TEXT NOT NULL,
@@ -485,7 +485,7 @@ class _Writer(threading.Thread):
         conn = self.conn
         results: list[tuple[_Op, bool, Any]] = []
         events: list[Event] = []
-        moved: dict[tuple[str, str], int] = {}
+        landed: list[_Tx] = []   # the operations that did not fail
         committed: list[Callable[[], None]] = []
         try:
             if not begun:
@@ -509,14 +509,10 @@ class _Writer(threading.Thread):
                     results.append((op, True, value))
                     events.extend(tx.events)
                     committed.extend(tx.after_commit)
-                    if tx.moved:
-                        if moved:
-                            for key, delta in tx.moved.items():
-                                moved[key] = moved.get(key, 0) + delta
-                        else:
-                            moved = tx.moved
-            if moved:
-                conn.executemany(_COUNT, [(queue, status, delta) for (queue, status), delta in moved.items() if delta])
+                    landed.append(tx)
+            moves = net_moves(landed)
+            if moves:
+                conn.executemany(_COUNT, moves)
             published = self._insert_events(conn, events)
             conn.execute("COMMIT")
             for hook in committed:
