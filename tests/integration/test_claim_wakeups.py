@@ -23,7 +23,7 @@ async def enqueue(server: Server, count: int = 1) -> list[dict[str, Any]]:
     return answer["jobs"] if count > 1 else [answer]
 
 
-async def claim(server: Server, worker: str, limit: int = 1, wait: float = 10.0) -> list[dict[str, Any]]:
+async def claim(server: Server, worker: str, limit: int = 1, wait: float = 30.0) -> list[dict[str, Any]]:
     status, answer = await server.call("POST", "/api/v1/claim",
                                        json={"queue": "wq", "worker": worker, "limit": limit, "wait": wait})
     assert status == 200, answer
@@ -32,7 +32,14 @@ async def claim(server: Server, worker: str, limit: int = 1, wait: float = 10.0)
 
 def count_claims(server: Server, monkeypatch: pytest.MonkeyPatch, fail_first: int = 0) -> list[float]:
     """Record the time of every store claim, the claims made with an enqueue (push dispatch)
-    included (the first ``fail_first`` raise StoreUnavailable)."""
+    included (the first ``fail_first`` raise StoreUnavailable).
+
+    The tests count claims exactly, so a parked claim must wake only when a job wakes it: the
+    backstop (a look every few seconds, should an event be missed) is put out of reach, or a
+    slow moment of a busy machine (a stalled fsync) would add claims that no job caused."""
+    from tqueues.dispatcher import views
+
+    monkeypatch.setattr(views, "BACKSTOP", 120.0)
     calls: list[float] = []
 
     def counting(original: Any) -> Any:
