@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any, Awaitable, Callable
 
 import aiohttp
@@ -158,6 +159,32 @@ async def test_given_a_client_then_enqueue_uses_one_websocket_and_concurrent_cal
     assert {j["id"] for j in await jobs_in(server)} == {first["id"], *(d["id"] for d in docs)}
 
 
+async def test_given_jobs_of_every_frame_length_then_the_client_sends_them_all_over_its_socket(server: Server) -> None:
+    # A websocket frame gives its length in 7 bits, in 16 bits past 125 bytes, in 64 bits past
+    # 65,535: one job of each size, and one of a few megabytes, on the same socket
+    sizes = [0, 60, 126, 3_000, 65_535, 70_000, 3_000_000]
+    async with tqueues.Client(server.url) as client:
+        await client.enqueue(METHOD, "", queue="cq")
+        socket = client._channel._socket   # type: ignore[union-attr]
+        docs = [await client.enqueue(METHOD, "é" * (size // 2) + "x" * (size % 2), queue="cq") for size in sizes]
+        assert client._channel._socket is socket and not socket.ws.closed   # type: ignore[union-attr]
+    stored = {j["id"]: j for j in await jobs_in(server)}
+    for size, doc in zip(sizes, docs):
+        assert len(stored[doc["id"]]["args"][0].encode()) == size
+        assert stored[doc["id"]]["args"] == doc["args"]
+
+
+async def test_given_auth_when_the_client_has_a_submit_token_then_its_jobs_go_over_the_socket(start_server: Start) -> None:
+    server = await start_server(auth=True)
+    value = await make_token(server, "submit")
+    async with tqueues.Client(server.url, token=value) as client:
+        docs = await asyncio.gather(*(client.enqueue(METHOD, n, queue="cq") for n in range(20)))
+        socket = client._channel._socket   # type: ignore[union-attr]
+        assert socket is not None and not socket.ws.closed
+        assert len(server.app[HUB].sockets) == 1   # the dispatcher holds the client's socket
+    assert sorted(d["args"][0] for d in docs) == list(range(20))
+
+
 async def test_given_a_refused_job_then_the_client_raises_the_same_error_as_over_http(server: Server) -> None:
     errors = []
     for channel in (True, False):
@@ -182,6 +209,41 @@ async def test_given_the_dispatcher_closes_the_socket_then_the_next_enqueue_open
         assert client._channel._socket is not old   # type: ignore[union-attr]
     assert again["status"] == "pending"
     assert len(await jobs_in(server)) == 2
+
+
+async def test_given_a_dispatcher_that_never_answers_then_each_enqueue_times_out_on_time() -> None:
+    # Given an endpoint that takes the websocket and reads every message but answers none
+    async def silent(request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for _ in ws:
+            pass
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/api/v1/enqueue", silent)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]   # type: ignore[union-attr]
+    try:
+        async with tqueues.Client(f"http://127.0.0.1:{port}/", timeout=0.3) as client:
+            # When enqueues are sent a moment apart
+            async def enqueue_late(delay: float) -> tuple[float, ClientError]:
+                await asyncio.sleep(delay)
+                started = time.monotonic()
+                with pytest.raises(ClientError) as caught:
+                    await client.enqueue(METHOD, queue="cq")
+                return time.monotonic() - started, caught.value
+            outcomes = await asyncio.gather(*(enqueue_late(d) for d in (0.0, 0.1, 0.2, 0.5)))
+            # Then each fails with a timeout once its own 0.3 s are up, not before
+            for took, error in outcomes:
+                assert error.code == "timeout" and error.status == 0
+                assert 0.29 <= took < 1.5
+            assert not client._channel._socket.waiting   # type: ignore[union-attr]
+    finally:
+        await runner.cleanup()
 
 
 async def test_given_a_proxy_that_refuses_websockets_then_the_client_enqueues_over_http(server: Server) -> None:

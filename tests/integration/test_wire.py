@@ -284,6 +284,46 @@ async def test_websocket_messages_of_every_length_arrive_whole(serve: Serve) -> 
     await wire.close()
 
 
+async def test_websocket_text_sent_of_every_length_arrives_whole_at_the_server(serve: Serve) -> None:
+    sizes = [0, 5, 125, 126, 300, 65535, 65536, 200_000]
+    got: list[str] = []
+
+    async def talk(ws: web.WebSocketResponse) -> None:
+        async for message in ws:
+            got.append(message.data)
+            if len(got) == len(sizes):
+                await ws.send_str("all here")
+
+    wire = Wire(await serve(ws_app(talk)))
+    ws = await wire.websocket("feed")
+    for size in sizes:
+        await ws.send_text("é" * (size // 2) + "x" * (size % 2))
+    assert await asyncio.wait_for(ws.receive(), 5) == "all here"
+    assert [len(m.encode()) for m in got] == sizes
+    await ws.close()
+    with pytest.raises(ConnectionError):
+        await ws.send_text("after close")
+    await wire.close()
+
+
+async def test_a_quiet_server_that_answers_pings_keeps_the_websocket_open(serve: Serve) -> None:
+    async def talk(ws: web.WebSocketResponse) -> None:
+        async def read() -> None:   # aiohttp answers pings as it reads
+            async for _ in ws:
+                pass
+
+        reading = asyncio.ensure_future(read())
+        await asyncio.sleep(1.0)   # ten heartbeats of 0.1 s without a message
+        await ws.send_str("still here")
+        await ws.close()
+        await reading
+
+    wire = Wire(await serve(ws_app(talk)))
+    ws = await wire.websocket("feed", heartbeat=0.1)
+    assert await asyncio.wait_for(ws.receive(), 5) == "still here"
+    await wire.close()
+
+
 async def test_websocket_answers_the_servers_pings(serve: Serve) -> None:
     async def talk(ws: web.WebSocketResponse) -> None:
         await asyncio.sleep(0.6)   # several pings of 0.1 s heartbeat: unanswered, aiohttp would close
