@@ -67,10 +67,11 @@ class Principal:
         return "*" in self.queues
 
     def queue_allowed(self, queue: str) -> bool:
-        return any(fnmatch.fnmatchcase(queue, glob) for glob in self.queues)
+        # "*" (every queue: no token, or an unrestricted one) matches without a pattern match
+        return "*" in self.queues or any(fnmatch.fnmatchcase(queue, glob) for glob in self.queues)
 
     def method_allowed(self, method: str) -> bool:
-        return any(fnmatch.fnmatchcase(method, glob) for glob in self.methods)
+        return "*" in self.methods or any(fnmatch.fnmatchcase(method, glob) for glob in self.methods)
 
     @property
     def lease_prefix(self) -> str:
