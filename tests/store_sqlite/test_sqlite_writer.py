@@ -15,6 +15,7 @@ import pytest
 from tqueues import models
 from tqueues.errors import JobNotFound
 from tqueues.store import Outcome
+from tqueues.store.base import grouped
 from tqueues.store import sqlite as sqlite_store
 
 
@@ -134,15 +135,16 @@ async def test_given_a_failing_operation_in_a_group_then_only_it_fails_and_the_g
 
     monkeypatch.setattr(sqlite_store._Writer, "_attempt_group", watched)
     before = await store.last_seq()
-    # When five enqueues and an operation that writes, then fails, are submitted together (one
-    # group, first tried on the loop without savepoints)
+    # When five enqueues and an operation that writes, then fails, are submitted together as
+    # one group (first tried on the loop without savepoints)
     def half_done(tx) -> None:
         tx.conn.execute("INSERT INTO queues (name, paused, created_at, updated_at) VALUES ('half', 0, 0, 0)")
         raise JobNotFound("no job has id 'x'", id="x")
 
-    outcomes = await asyncio.gather(*(store.enqueue([models.NewJob(queue="g", method="m:f", args=[i])])
-                                      for i in range(5)),
-                                    store._write(half_done, inline=True), return_exceptions=True)
+    with grouped():
+        outcomes = await asyncio.gather(*(store.enqueue([models.NewJob(queue="g", method="m:f", args=[i])])
+                                          for i in range(5)),
+                                        store._write(half_done, inline=True), return_exceptions=True)
     # Then the group ran once without savepoints, was rolled back, and ran again with them
     assert attempts == [(6, False), (6, True)]
     # And that operation alone failed, leaving nothing behind
@@ -157,7 +159,8 @@ async def test_given_a_failing_operation_in_a_group_then_only_it_fails_and_the_g
     assert [e["seq"] for e in events] == list(range(before + 1, before + 6))
     # And the next group runs without savepoints again
     attempts.clear()
-    await asyncio.gather(*(store.enqueue([models.NewJob(queue="g", method="m:f")]) for _ in range(3)))
+    with grouped():
+        await asyncio.gather(*(store.enqueue([models.NewJob(queue="g", method="m:f")]) for _ in range(3)))
     assert attempts == [(3, False)]
 
 
@@ -273,3 +276,36 @@ async def test_given_events_another_process_wrote_then_the_next_events_follow_th
     assert [(e["seq"], e["job_id"]) for e in stored] == [(e["seq"], e["job_id"]) for e in published]
     assert [e["job_id"] for e in stored] == [job["id"] for job, _ in results]
     assert await store.last_seq() == 5000 + count
+
+
+async def test_given_an_idle_store_then_a_small_write_commits_within_the_call(store) -> None:
+    # Given an idle store (nothing written in this turn of the loop, nothing on its way)
+    await asyncio.sleep(0.01)
+    before = await store.last_seq()
+    # When an enqueue is driven by hand, without the event loop
+    call = store.enqueue([spec(1)])
+    with pytest.raises(StopIteration) as stopped:
+        call.send(None)   # it never suspends: it committed on its first step
+    [(job, created)] = stopped.value.value
+    assert created
+    # Then it is stored and its event published like any other write's
+    assert (await store.get(job["id"]))["status"] == "pending"
+    assert [e["job_id"] for e in await store.events_since(before)] == [job["id"]]
+
+
+async def test_given_writes_in_one_turn_then_only_the_first_runs_at_once_and_the_others_share_a_group(
+        store, monkeypatch) -> None:
+    groups: list[int] = []
+    original = sqlite_store._Writer._run_group
+
+    def watched(self, batch, begun=False, **kwargs):
+        groups.append(len(batch))
+        return original(self, batch, begun, **kwargs)
+
+    monkeypatch.setattr(sqlite_store._Writer, "_run_group", watched)
+    await asyncio.sleep(0.01)
+    # When six enqueues start in the same turn of the loop
+    jobs = await asyncio.gather(*(put(store, i) for i in range(6)))
+    # Then the first committed alone at once and the five others together
+    assert groups == [1, 5]
+    assert len({j["id"] for j in jobs}) == 6

@@ -65,3 +65,30 @@ async def test_an_event_is_offered_only_to_the_feeds_that_want_its_kind() -> Non
     hub.dispatch([event(3, models.EV_ABORTED, "b")])
     assert offered == [everything]
     assert len(hub.feeds) == 2 and everything in hub.feeds and aborts[0] not in hub.feeds
+
+
+async def test_a_woken_wait_resumes_at_the_next_turn_of_the_loop() -> None:
+    import asyncio
+
+    hub = Hub(store=None)   # type: ignore[arg-type]
+    with hub.wait_queues(["q"]) as waiter:
+        waiting = asyncio.ensure_future(waiter.wait(30.0))
+        for _ in range(3):
+            await asyncio.sleep(0)   # parked
+        assert not waiting.done()
+        # When it is woken
+        waiter.wake()
+        # Then the waiting task has its answer after one turn of the loop
+        await asyncio.sleep(0)
+        assert waiting.done() and waiting.result() is True
+
+
+async def test_a_wait_nobody_wakes_times_out_false_and_a_woken_waiter_does_not_wait() -> None:
+    import asyncio
+
+    hub = Hub(store=None)   # type: ignore[arg-type]
+    with hub.wait_queues(["q"]) as waiter:
+        assert await waiter.wait(0.05) is False
+        waiter.wake()
+        assert await asyncio.wait_for(waiter.wait(30.0), 1) is True
+        assert waiter.woken

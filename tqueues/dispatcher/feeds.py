@@ -29,7 +29,7 @@ class Waiter:
     """
 
     __slots__ = ("future", "keys", "hub", "_table", "claim", "limit", "take", "request", "parked", "handoff",
-                 "claimant")
+                 "claimant", "_sleeper")
 
     def __init__(self, hub: "Hub", table: dict[str, dict["Waiter", None]], keys: Iterable[str]) -> None:
         self.hub = hub
@@ -43,19 +43,25 @@ class Waiter:
         self.request: web.Request | None = None
         self.parked = False     # between its empty claim and the wake-up: free to be adopted
         self.handoff: asyncio.Future[list[dict[str, Any]] | None] | None = None
+        self._sleeper: asyncio.Future[bool] | None = None   # what wait() is awaiting now
         for key in self.keys:   # in order of arrival: the longest waiting is woken first
             table.setdefault(key, {})[self] = None
         self._table = table
 
     async def wait(self, timeout: float) -> bool:
-        """True when woken, False on timeout."""
+        """True when woken, False on timeout. A wake-up resumes the waiting task at the next
+        turn of the loop (``wait_for`` over ``shield`` took three: a parked worker's claim
+        answered after the producer it was adopted by)."""
         if self.future.done():
             return True
+        loop = asyncio.get_running_loop()
+        sleeper = self._sleeper = loop.create_future()
+        timer = loop.call_later(timeout, _resolve, sleeper, False)
         try:
-            await asyncio.wait_for(asyncio.shield(self.future), timeout)
-            return True
-        except asyncio.TimeoutError:
-            return False
+            return await sleeper
+        finally:
+            timer.cancel()
+            self._sleeper = None
 
     @property
     def woken(self) -> bool:
@@ -64,6 +70,8 @@ class Waiter:
     def wake(self) -> None:
         if not self.future.done():
             self.future.set_result(None)
+        if self._sleeper is not None:
+            _resolve(self._sleeper, True)
 
     def cancel(self) -> None:
         for key in self.keys:
@@ -78,6 +86,11 @@ class Waiter:
 
     def __exit__(self, *exc: object) -> None:
         self.cancel()
+
+
+def _resolve(future: asyncio.Future[bool], value: bool) -> None:
+    if not future.done():
+        future.set_result(value)
 
 
 class Feed:

@@ -13,6 +13,7 @@ from aiohttp import web
 from .. import __version__, models
 from ..errors import InvalidRequest, LeaseConflict, MethodNotRegistered, NotFound
 from ..store import Outcome, Store
+from ..store.base import grouped
 from . import auth
 from .app import SETTINGS, STORE, app_state
 from .auth import principal_of, require_all_queues, require_lease, require_method, require_queue, require_queues
@@ -241,11 +242,12 @@ async def enqueue_jobs(request: web.Request, jobs: list[models.NewJob]) -> list[
         # One job for one parked claim (an idle worker): a single write enqueues the job
         # already leased to that claim.
         return [(await _enqueue_handed(store, jobs[0], adopted[0]), True)]
-    enqueued = asyncio.ensure_future(store.enqueue(jobs))
-    for waiter in adopted:
-        task = asyncio.ensure_future(_serve_adopted(waiter))
-        hub.serving.add(task)   # kept until done: the loop holds tasks only weakly
-        task.add_done_callback(hub.serving.discard)
+    with grouped():   # the enqueue and the claims share one transaction
+        enqueued = asyncio.ensure_future(store.enqueue(jobs))
+        for waiter in adopted:
+            task = asyncio.ensure_future(_serve_adopted(waiter))
+            hub.serving.add(task)   # kept until done: the loop holds tasks only weakly
+            task.add_done_callback(hub.serving.discard)
     results = await enqueued
     if any(waiter.handoff is not None and waiter.handoff.done() for waiter in adopted):
         # Committed together: the claims whose jobs were handed over are about to answer their

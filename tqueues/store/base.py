@@ -30,11 +30,13 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
+import contextvars
 import math
 import operator
 import random
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from .. import models
 from ..errors import InvalidRequest, NotFound
@@ -114,6 +116,29 @@ def net_moves(operations: Sequence[Changes]) -> list[tuple[str, str, int]]:
         for key, delta in changes.moved.items():
             total[key] = total.get(key, 0) + delta
     return [(queue, status, delta) for (queue, status), delta in total.items() if delta]
+
+
+# Set (see ``grouped``) while the writes about to start must share a transaction where the
+# store groups writes; tasks created meanwhile carry it (each task copies the context).
+_GROUPED: contextvars.ContextVar[bool] = contextvars.ContextVar("tqueues_grouped", default=False)
+
+
+@contextlib.contextmanager
+def grouped() -> Iterator[None]:
+    """Writes started in this block, and by tasks created in it, are committed together by
+    stores that group the writes of one turn of the event loop (SQLite, PostgreSQL): an
+    enqueue and the parked claims it serves. Elsewhere a store may run a small write at once,
+    alone, when nothing else is on its way (see the SQLite store)."""
+    token = _GROUPED.set(True)
+    try:
+        yield
+    finally:
+        _GROUPED.reset(token)
+
+
+def grouping() -> bool:
+    """True inside ``grouped`` (or in a task created there)."""
+    return _GROUPED.get()
 
 
 @dataclass(slots=True)
