@@ -313,8 +313,8 @@ class EnqueueChannel:
     refuses the websocket is asked over HTTP instead (``send`` answers None): for this one
     call when the refusal may pass (401, 403, 429, 5xx), for good when it has no such route.
 
-    The socket is tqueues' own (:mod:`tqueues.wire`, as workers use), not aiohttp's: per job
-    enqueued one at a time it costs the producer about a third less. It connects straight to
+    The socket is tqueues' own (:mod:`tqueues.wire`, as workers use), not aiohttp's, with one
+    timer for all its timeouts rather than one per message. It connects straight to
     ``endpoint_url`` with the client's token and ``cafile``; a ``session`` given to the client
     carries only the HTTP requests.
     """

@@ -4,9 +4,8 @@ A worker only ever speaks to its dispatcher: JSON requests (register, claim, com
 heartbeat, logs) and one websocket (the abort feed). This client does exactly that on asyncio
 streams, without aiohttp: a worker process starts in about half the time (aiohttp's import,
 with the TLS contexts it builds on import, is most of a worker's start-up), and each request
-costs a fraction of a general-purpose client's. :class:`tqueues.Client` sends its enqueue
-websocket (``GET /api/v1/enqueue``) through it too: a job enqueued one at a time costs the
-producer about a third less than through aiohttp's websocket client.
+costs a fraction of a general-purpose client's. :class:`tqueues.Client` opens its enqueue
+websocket (``GET /api/v1/enqueue``) with it too.
 
 Requests reuse idle keep-alive connections (any number at once: a long-poll claim holds one
 while outcomes go out on another). A request that fails, times out or is cancelled closes its

@@ -35,6 +35,15 @@ async def ask(ws: aiohttp.ClientWebSocketResponse, message: Any) -> dict[str, An
     return json.loads((await ws.receive(timeout=10)).data)
 
 
+async def serve(app: web.Application) -> tuple[web.AppRunner, int]:
+    """``app`` served on a free loopback port: its runner (to clean up) and the port."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1]   # type: ignore[union-attr]
+
+
 async def jobs_in(server: Server, queue: str = "cq") -> list[dict[str, Any]]:
     status, body = await server.call("GET", f"/api/v1/jobs?queue={queue}&limit=1000")
     assert status == 200, body
@@ -222,11 +231,7 @@ async def test_given_a_dispatcher_that_never_answers_then_each_enqueue_times_out
 
     app = web.Application()
     app.router.add_get("/api/v1/enqueue", silent)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]   # type: ignore[union-attr]
+    runner, port = await serve(app)
     try:
         async with tqueues.Client(f"http://127.0.0.1:{port}/", timeout=0.3) as client:
             # When enqueues are sent a moment apart
@@ -259,11 +264,7 @@ async def test_given_a_proxy_that_refuses_websockets_then_the_client_enqueues_ov
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", forward)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]   # type: ignore[union-attr]
+    runner, port = await serve(app)
     try:
         async with tqueues.Client(f"http://127.0.0.1:{port}/") as client:
             # When jobs are enqueued through it

@@ -53,15 +53,21 @@ async def test_given_an_idle_store_then_a_single_enqueue_runs_without_the_writer
     assert [e["kind"] for e in await store.events_since(0, 10)][-1] == models.EV_CREATED
 
 
-async def test_given_concurrent_enqueues_then_they_share_commits(store, monkeypatch) -> None:
-    groups: list[int] = []
+@pytest.fixture
+def groups(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size of every group of writes run, in order."""
+    sizes: list[int] = []
     original = sqlite_store._Writer._run_group
 
     def watched(self, batch, begun=False, **kwargs):
-        groups.append(len(batch))
+        sizes.append(len(batch))
         return original(self, batch, begun, **kwargs)
 
     monkeypatch.setattr(sqlite_store._Writer, "_run_group", watched)
+    return sizes
+
+
+async def test_given_concurrent_enqueues_then_they_share_commits(store, groups) -> None:
     # When 200 enqueues are made at once
     jobs = await asyncio.gather(*(put(store, i) for i in range(200)))
     # Then all are stored, and far fewer transactions than operations were committed
@@ -294,15 +300,7 @@ async def test_given_an_idle_store_then_a_small_write_commits_within_the_call(st
 
 
 async def test_given_writes_in_one_turn_then_only_the_first_runs_at_once_and_the_others_share_a_group(
-        store, monkeypatch) -> None:
-    groups: list[int] = []
-    original = sqlite_store._Writer._run_group
-
-    def watched(self, batch, begun=False, **kwargs):
-        groups.append(len(batch))
-        return original(self, batch, begun, **kwargs)
-
-    monkeypatch.setattr(sqlite_store._Writer, "_run_group", watched)
+        store, groups) -> None:
     await asyncio.sleep(0.01)
     # When six enqueues start in the same turn of the loop
     jobs = await asyncio.gather(*(put(store, i) for i in range(6)))
