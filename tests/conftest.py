@@ -10,6 +10,10 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine, Iterator, TypeVar
 
 import aiohttp
+# Imported early: otherwise hypothesis's pytest plugin imports it in the run's summary, where
+# CPython 3.11.7 failed to compile it ("AST constructor recursion depth mismatch") after runs of
+# only some test files.
+import hypothesis  # noqa: F401
 import pytest
 from aiohttp import web
 
