@@ -145,18 +145,32 @@ async def store(db_url: str) -> AsyncIterator[Store]:
 
 
 @pytest.fixture
-async def start_server(store: Store) -> AsyncIterator[Callable[..., Awaitable[Server]]]:
+async def serve_app() -> AsyncIterator[Callable[..., Awaitable[int]]]:
+    """Serve aiohttp applications on free loopback ports until the test ends: ``await
+    serve_app(app, **runner_args)`` is the port of ``app``."""
     runners: list[web.AppRunner] = []
-    sessions: list[aiohttp.ClientSession] = []
 
-    async def start(**settings: Any) -> Server:
-        app = create_app(store, Settings(open_store=False, **settings))
-        runner = web.AppRunner(app, access_log=None)
+    async def start(app: web.Application, **runner_args: Any) -> int:
+        runner = web.AppRunner(app, **{"access_log": None, **runner_args})
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         runners.append(runner)
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def start_server(store: Store, serve_app: Callable[..., Awaitable[int]]
+                       ) -> AsyncIterator[Callable[..., Awaitable[Server]]]:
+    sessions: list[aiohttp.ClientSession] = []
+
+    async def start(**settings: Any) -> Server:
+        app = create_app(store, Settings(open_store=False, **settings))
+        port = await serve_app(app)
         session = aiohttp.ClientSession()
         sessions.append(session)
         return Server(f"http://127.0.0.1:{port}/", app, store, session)
@@ -164,8 +178,6 @@ async def start_server(store: Store) -> AsyncIterator[Callable[..., Awaitable[Se
     yield start
     for session in sessions:
         await session.close()
-    for runner in runners:
-        await runner.cleanup()
 
 
 @pytest.fixture

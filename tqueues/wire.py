@@ -239,12 +239,11 @@ class WebSocket:
         self._conn = conn
         self._heartbeat = heartbeat
         self._loop = asyncio.get_running_loop()
-        self._timer: asyncio.TimerHandle | None = None
         self._seen = self._loop.time()          # when the last frame came from the server
         self._pinged: float | None = None       # when our unanswered ping went out
         self.closed = False
         self.close_code: int | None = None
-        self._timer = self._loop.call_later(heartbeat, self._watch)
+        self._timer: asyncio.TimerHandle | None = self._loop.call_later(heartbeat, self._watch)
 
     async def __aenter__(self) -> "WebSocket":
         return self

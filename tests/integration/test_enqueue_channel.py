@@ -35,15 +35,6 @@ async def ask(ws: aiohttp.ClientWebSocketResponse, message: Any) -> dict[str, An
     return json.loads((await ws.receive(timeout=10)).data)
 
 
-async def serve(app: web.Application) -> tuple[web.AppRunner, int]:
-    """``app`` served on a free loopback port: its runner (to clean up) and the port."""
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return runner, site._server.sockets[0].getsockname()[1]   # type: ignore[union-attr]
-
-
 async def jobs_in(server: Server, queue: str = "cq") -> list[dict[str, Any]]:
     status, body = await server.call("GET", f"/api/v1/jobs?queue={queue}&limit=1000")
     assert status == 200, body
@@ -220,7 +211,8 @@ async def test_given_the_dispatcher_closes_the_socket_then_the_next_enqueue_open
     assert len(await jobs_in(server)) == 2
 
 
-async def test_given_a_dispatcher_that_never_answers_then_each_enqueue_times_out_on_time() -> None:
+async def test_given_a_dispatcher_that_never_answers_then_each_enqueue_times_out_on_time(
+        serve_app: Callable[..., Awaitable[int]]) -> None:
     # Given an endpoint that takes the websocket and reads every message but answers none
     async def silent(request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse()
@@ -231,27 +223,25 @@ async def test_given_a_dispatcher_that_never_answers_then_each_enqueue_times_out
 
     app = web.Application()
     app.router.add_get("/api/v1/enqueue", silent)
-    runner, port = await serve(app)
-    try:
-        async with tqueues.Client(f"http://127.0.0.1:{port}/", timeout=0.3) as client:
-            # When enqueues are sent a moment apart
-            async def enqueue_late(delay: float) -> tuple[float, ClientError]:
-                await asyncio.sleep(delay)
-                started = time.monotonic()
-                with pytest.raises(ClientError) as caught:
-                    await client.enqueue(METHOD, queue="cq")
-                return time.monotonic() - started, caught.value
-            outcomes = await asyncio.gather(*(enqueue_late(d) for d in (0.0, 0.1, 0.2, 0.5)))
-            # Then each fails with a timeout once its own 0.3 s are up, not before
-            for took, error in outcomes:
-                assert error.code == "timeout" and error.status == 0
-                assert 0.29 <= took < 1.5
-            assert not client._channel._socket.waiting   # type: ignore[union-attr]
-    finally:
-        await runner.cleanup()
+    port = await serve_app(app)
+    async with tqueues.Client(f"http://127.0.0.1:{port}/", timeout=0.3) as client:
+        # When enqueues are sent a moment apart
+        async def enqueue_late(delay: float) -> tuple[float, ClientError]:
+            await asyncio.sleep(delay)
+            started = time.monotonic()
+            with pytest.raises(ClientError) as caught:
+                await client.enqueue(METHOD, queue="cq")
+            return time.monotonic() - started, caught.value
+        outcomes = await asyncio.gather(*(enqueue_late(d) for d in (0.0, 0.1, 0.2, 0.5)))
+        # Then each fails with a timeout once its own 0.3 s are up, not before
+        for took, error in outcomes:
+            assert error.code == "timeout" and error.status == 0
+            assert 0.29 <= took < 1.5
+        assert not client._channel._socket.waiting   # type: ignore[union-attr]
 
 
-async def test_given_a_proxy_that_refuses_websockets_then_the_client_enqueues_over_http(server: Server) -> None:
+async def test_given_a_proxy_that_refuses_websockets_then_the_client_enqueues_over_http(
+        server: Server, serve_app: Callable[..., Awaitable[int]]) -> None:
     # Given a reverse proxy in front of the dispatcher that forwards plain HTTP only
     async def forward(request: web.Request) -> web.StreamResponse:
         if request.headers.get("Upgrade", "").lower() == "websocket":
@@ -264,16 +254,13 @@ async def test_given_a_proxy_that_refuses_websockets_then_the_client_enqueues_ov
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", forward)
-    runner, port = await serve(app)
-    try:
-        async with tqueues.Client(f"http://127.0.0.1:{port}/") as client:
-            # When jobs are enqueued through it
-            docs = [await client.enqueue(METHOD, n, queue="cq") for n in range(3)]
-            # Then they went over HTTP, and the client stopped trying the websocket
-            assert client._channel.unavailable   # type: ignore[union-attr]
-            assert client._channel._socket is None   # type: ignore[union-attr]
-    finally:
-        await runner.cleanup()
+    port = await serve_app(app)
+    async with tqueues.Client(f"http://127.0.0.1:{port}/") as client:
+        # When jobs are enqueued through it
+        docs = [await client.enqueue(METHOD, n, queue="cq") for n in range(3)]
+        # Then they went over HTTP, and the client stopped trying the websocket
+        assert client._channel.unavailable   # type: ignore[union-attr]
+        assert client._channel._socket is None   # type: ignore[union-attr]
     assert sorted(j["id"] for j in await jobs_in(server)) == sorted(d["id"] for d in docs)
 
 

@@ -22,22 +22,13 @@ Connect = Callable[..., Awaitable[Wire]]
 
 
 @pytest.fixture
-async def serve() -> AsyncIterator[Serve]:
+def serve(serve_app: Callable[..., Awaitable[int]]) -> Serve:
     """Serve an aiohttp application on a free loopback port; its base URL."""
-    runners: list[web.AppRunner] = []
-
     async def start(app: web.Application, **runner_args: Any) -> str:
-        runner = web.AppRunner(app, **{"shutdown_timeout": 0.2, **runner_args})
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        runners.append(runner)
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        port = await serve_app(app, **{"shutdown_timeout": 0.2, **runner_args})
         return f"http://127.0.0.1:{port}/base/"
 
-    yield start
-    for runner in runners:
-        await runner.cleanup()
+    return start
 
 
 @pytest.fixture

@@ -47,8 +47,7 @@ from urllib.parse import unquote, urlsplit
 from .. import models
 from ..errors import Conflict, ConfigurationError, InvalidRequest, JobNotFound, LeaseConflict, StoreUnavailable, TQueuesError
 from .base import (JOB_KEYS, JOB_VALUES, Changes, Outcome, Store, conflict, event_doc, grouping, leased_new_job, net_moves, new_job, ok,
-                   stored_event_doc,
-                   token_not_found, ended_attempt, with_running_attempt, worker_not_found)
+                   stored_event_doc, token_not_found, ended_attempt, with_running_attempt, worker_not_found)
 
 log = logging.getLogger("tqueues.store.sqlite")
 
@@ -669,11 +668,7 @@ class SQLiteStore(Store):
             # that must share a transaction (base.grouped).
             self._ran_now = True
             self._loop.call_soon(self._next_turn)
-            try:
-                done = writer.try_inline([_Op(fn, None, True)])
-            except Exception as exc:  # noqa: BLE001 - reported like a failed group
-                log.exception("sqlite write failed")
-                raise StoreUnavailable(f"sqlite write failed: {exc}") from None
+            done = self._try_inline(writer, [_Op(fn, None, True)])
             if done is not None:
                 [(_, success, value)], published = done
                 self._publish(published)
@@ -692,6 +687,16 @@ class SQLiteStore(Store):
     def _next_turn(self) -> None:
         self._ran_now = False
 
+    @staticmethod
+    def _try_inline(writer: _Writer, ops: list[_Op]) -> tuple[list[tuple[_Op, bool, Any]], list[dict[str, Any]]] | None:
+        """``writer.try_inline(ops)``; StoreUnavailable when it fails itself (not one of the
+        operations: their failures are in its results)."""
+        try:
+            return writer.try_inline(ops)
+        except Exception as exc:  # noqa: BLE001 - no write may be left waiting forever
+            log.exception("sqlite write failed")
+            raise StoreUnavailable(f"sqlite write failed: {exc}") from None
+
     def _run_turn(self) -> None:
         ops, self._turn = self._turn, []
         writer = self._writer
@@ -702,12 +707,11 @@ class SQLiteStore(Store):
             return
         if self._queued == 0 and len(ops) <= INLINE_OPS and all(op.small for op in ops):
             try:
-                done = writer.try_inline(ops)
-            except Exception as exc:  # noqa: BLE001 - no write may be left waiting forever
-                log.exception("sqlite write failed")
+                done = self._try_inline(writer, ops)
+            except StoreUnavailable as exc:
                 for op in ops:
                     if not op.future.done():
-                        op.future.set_exception(StoreUnavailable(f"sqlite write failed: {exc}"))
+                        op.future.set_exception(StoreUnavailable(exc.message))
                 return
             if done is not None:
                 self._resolve(*done)
