@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tqueues import models
-from tqueues.errors import JobNotFound
+from tqueues.errors import JobNotFound, StoreUnavailable
 from tqueues.store import Outcome
 from tqueues.store.base import grouped
 from tqueues.store import sqlite as sqlite_store
@@ -307,3 +307,17 @@ async def test_given_writes_in_one_turn_then_only_the_first_runs_at_once_and_the
     # Then the first committed alone at once and the five others together
     assert groups == [1, 5]
     assert len({j["id"] for j in jobs}) == 6
+
+
+async def test_given_the_inline_runner_itself_fails_then_each_write_of_the_turn_gets_store_unavailable(
+        store, monkeypatch) -> None:
+    def broken(self, ops):
+        raise RuntimeError("disk vanished")
+
+    monkeypatch.setattr(sqlite_store._Writer, "try_inline", broken)
+    await asyncio.sleep(0.01)
+    # When three small writes start in one turn (the first runs at once, the others as a group)
+    outcomes = await asyncio.gather(*(put(store, i) for i in range(3)), return_exceptions=True)
+    # Then every one of them fails as the database being unavailable, none waits forever
+    assert [type(o) for o in outcomes] == [StoreUnavailable] * 3
+    assert all("disk vanished" in str(o) for o in outcomes)
