@@ -77,14 +77,15 @@ async def test_given_a_worker_when_registered_then_it_is_listed_alive_with_its_i
     # When a worker registers
     status, doc = await server.call("POST", "/api/v1/workers", json={
         "id": "host-1:42", "host": "host-1", "pid": 42, "queues": ["q", "r"], "functions": ["support.jobs:echo"],
-        "concurrency": 4, "version": "0.1.0", "status": "running"})
+        "concurrency": 4, "prefetch": 16, "version": "0.1.0", "status": "running"})
     assert status == 201
     assert doc["id"] == "host-1:42" and doc["last_seen"] == doc["registered_at"]
     # Then it is listed alive with what it said
     status, body = await server.call("GET", "/api/v1/workers")
     assert status == 200
     (worker,) = body["workers"]
-    assert (worker["id"], worker["pid"], worker["queues"], worker["concurrency"]) == ("host-1:42", 42, ["q", "r"], 4)
+    assert (worker["id"], worker["pid"], worker["queues"], worker["concurrency"], worker["prefetch"]) == (
+        "host-1:42", 42, ["q", "r"], 4, 16)
     assert worker["status"] == "alive"
 
 

@@ -344,6 +344,7 @@ for name, body in {
     "queues with a number": {"id": "w", "queues": [1]},
     "functions with a null": {"id": "w", "functions": [None]},
     "concurrency a string": {"id": "w", "concurrency": "2"},
+    "prefetch a string": {"id": "w", "prefetch": "auto"},
     "host a number": {"id": "w", "host": 5},
     "status a number": {"id": "w", "status": 5},
     "jobs_done a string": {"id": "w", "jobs_done": "1"},

@@ -12,7 +12,8 @@ Options:
   --concurrency N        Jobs run at once [default: 1]
   --prefetch N           Jobs leased ahead of free slots, so claims overlap with running jobs
                          (default: as many as --concurrency; 0 for long jobs, to spread them
-                         evenly over workers)
+                         evenly over workers; auto: grown while the buffer runs dry between
+                         claims, shrunk back once it lasts well beyond them)
   --isolation KIND       Where plain functions run: process (stoppable) or thread [default: process]
   --timeout SECONDS      Timeout for jobs that set none
   --grace SECONDS        On SIGTERM, how long running jobs may take to finish [default: 30]
@@ -39,9 +40,19 @@ import sys
 from typing import Any, Coroutine, Sequence
 
 from ..worker import Worker
+from ..worker.worker import AUTO
 from .common import UsageError, loglevel, number, parse, quiet_gc, run, setup_logging
 
 PROG = "tqueues_worker"
+
+
+def prefetch(args: dict[str, Any]) -> int | str | None:
+    if args["--prefetch"] == AUTO:
+        return AUTO
+    try:
+        return number(args, "--prefetch", minimum=0, integer=True)
+    except UsageError:
+        raise UsageError(f"--prefetch must be {AUTO} or an integer of at least 0, not {args['--prefetch']!r}") from None
 
 
 def build(args: dict[str, Any]) -> Worker:
@@ -52,7 +63,7 @@ def build(args: dict[str, Any]) -> Worker:
         sys.path.insert(0, os.getcwd())
     return Worker(url, args["--queue"], modules=args["--import"],
                   concurrency=number(args, "--concurrency", minimum=1, integer=True),
-                  prefetch=number(args, "--prefetch", minimum=0, integer=True),
+                  prefetch=prefetch(args),
                   isolation=args["--isolation"], grace=number(args, "--grace"),
                   wait=number(args, "--wait"), timeout=number(args, "--timeout", minimum=0.001),
                   stop_grace=number(args, "--stop-grace"),

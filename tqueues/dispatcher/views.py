@@ -492,7 +492,7 @@ async def release_batch(request: web.Request) -> web.Response:
 
 
 WORKER_FIELDS = {"id": str, "host": str, "pid": int, "queues": list, "functions": list, "concurrency": int,
-                 "version": str, "status": str, "jobs_done": int, "jobs_failed": int, "current": list,
+                 "prefetch": int, "version": str, "status": str, "jobs_done": int, "jobs_failed": int, "current": list,
                  "cpu_seconds": (int, float), "rss_bytes": int}
 WORKER_STATUSES = ("running", "stopping", "stopped")
 

@@ -28,6 +28,8 @@ from .runner import ProcessPool
 log = logging.getLogger("tqueues.worker")
 
 ISOLATIONS = ("process", "thread")
+AUTO = "auto"               # prefetch sized by the worker itself (see Worker._adapt_prefetch)
+AMPLE_CLAIMS = 8            # answers in a row with the buffer far from empty before an automatic prefetch halves
 LOG_BATCH = 500             # captured lines sent in one request
 LOG_INTERVAL = 0.2          # seconds between sends of captured lines while jobs print
 MAX_LOG_BACKLOG = 100_000   # lines kept while the dispatcher is unreachable; newer ones are dropped
@@ -44,7 +46,7 @@ class Worker:
                  functions: Iterable[Callable[..., Any]] = (), modules: Iterable[str] = (),
                  concurrency: int = 1, wait: float = 30.0, isolation: str = "process", grace: float = 30.0,
                  timeout: float | None = None, worker_id: str | None = None, token: str | None = None,
-                 stop_grace: float = 3.0, cafile: str | None = None, prefetch: int | None = None) -> None:
+                 stop_grace: float = 3.0, cafile: str | None = None, prefetch: int | str | None = None) -> None:
         self.queues = [queues] if isinstance(queues, str) else list(queues)
         for queue in self.queues:
             models.check_queue(queue)
@@ -52,8 +54,10 @@ class Worker:
             raise ConfigurationError("a worker needs at least one queue")
         if concurrency < 1:
             raise ConfigurationError("concurrency must be at least 1")
-        if prefetch is not None and prefetch < 0:
-            raise ConfigurationError("prefetch must be 0 or more")
+        if prefetch == AUTO:
+            pass
+        elif prefetch is not None and (isinstance(prefetch, str) or prefetch < 0):
+            raise ConfigurationError(f"prefetch must be 0 or more, or {AUTO!r}")
         if isolation not in ISOLATIONS:
             raise ConfigurationError(f"isolation must be one of {', '.join(ISOLATIONS)}")
         self.registry = registry or Registry()
@@ -69,7 +73,17 @@ class Worker:
         self.concurrency = concurrency
         # Jobs leased ahead of free slots, so that the next claim overlaps with running jobs
         # instead of following them; 0 claims only for free slots (fairest for long jobs).
-        self.prefetch = concurrency if prefetch is None else prefetch
+        # AUTO: as many as concurrency to begin with, doubled whenever the buffer ran dry while
+        # a claim was on its way, halved back (never below concurrency) once it lasts well
+        # beyond the claims (see _adapt_prefetch).
+        self.auto_prefetch = prefetch == AUTO
+        self.prefetch: int = concurrency if prefetch is None or prefetch == AUTO else int(prefetch)
+        self._min_prefetch = self.prefetch
+        self._max_prefetch = max(self.prefetch, models.MAX_CLAIM - concurrency)
+        self._claim_asked = 0      # jobs the claim on its way asked for
+        self._claim_runway = 0     # buffered jobs, not yet started, when it was sent
+        self._ample_claims = 0     # full claims in a row answered with much of the runway left
+        self._backlog = False      # the last claim's answer was full
         self.wait = wait
         self.isolation = isolation
         self.grace = grace
@@ -136,7 +150,8 @@ class Worker:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         return {"id": self.id, "host": socket.gethostname(), "pid": os.getpid(), "queues": self.queues,
-                "functions": self.registry.names(), "concurrency": self.concurrency, "version": __version__,
+                "functions": self.registry.names(), "concurrency": self.concurrency, "prefetch": self.prefetch,
+                "version": __version__,
                 "status": status, "jobs_done": self.jobs_done, "jobs_failed": self.jobs_failed,
                 "current": sorted(self._held), "rss_bytes": _rss_bytes(),
                 "cpu_seconds": round(usage.ru_utime + usage.ru_stime + children.ru_utime + children.ru_stime, 3)}
@@ -263,27 +278,52 @@ class Worker:
         jobs at a time while the others run.
         """
         await self.start()
-        capacity = self.concurrency + self.prefetch
-        batch = max(1, self.prefetch // 2)   # while jobs are held, claim when this many fit
         try:
             while not self._stopping.is_set():
                 held = len(self._running) + len(self._ready)
-                want = min(capacity - held, models.MAX_CLAIM)
-                if want <= 0 or (held and want < batch):
+                want = min(self.concurrency + self.prefetch - held, models.MAX_CLAIM)
+                # While jobs are held, claim once half the buffer is free.
+                if want <= 0 or (held and want < max(1, self.prefetch // 2)):
                     self._slot_free.clear()
                     await self._slot_free.wait()
                     continue
+                self._claim_asked, self._claim_runway = want, len(self._ready)
                 await self._claim_guarded(want, self._take)
             await self._drain()
         finally:
             await self.close()
 
     def _take(self, docs: list[dict[str, Any]]) -> None:
+        if self.auto_prefetch:
+            self._adapt_prefetch(len(docs))
         for doc in docs:
             job = Job(self, doc)
             self._hold(job)   # heartbeats and abort events reach it while it waits
             self._ready.append(job)
         self._fill()
+
+    def _adapt_prefetch(self, got: int) -> None:
+        """Size an automatic prefetch from a claim's answer of ``got`` jobs, before they are
+        buffered. Only a full answer that follows a full answer counts: the queue had a backlog
+        all along (a short answer says the queue ran out, not the buffer). If none of the
+        buffered jobs are left and slots are free, the worker waited on the claim: double the
+        prefetch. If more than half of the jobs buffered when the claim went out are still
+        waiting, the buffer outlasts the claims by far: after AMPLE_CLAIMS such answers in a
+        row, halve it, down to where it began."""
+        full = got >= self._claim_asked
+        backlog, self._backlog = self._backlog, full
+        if not (full and backlog):
+            return
+        if not self._ready and len(self._running) < self.concurrency:
+            self.prefetch = min(self.prefetch * 2, self._max_prefetch)
+            self._ample_claims = 0
+        elif self._claim_runway and len(self._ready) * 2 > self._claim_runway:
+            self._ample_claims += 1
+            if self._ample_claims >= AMPLE_CLAIMS:
+                self.prefetch = max(self.prefetch // 2, self._min_prefetch)
+                self._ample_claims = 0
+        else:
+            self._ample_claims = 0
 
     def _fill(self) -> None:
         """Start buffered jobs in the free slots (never once stopping: those are released)."""

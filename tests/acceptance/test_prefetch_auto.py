@@ -1,0 +1,54 @@
+"""Automatic prefetch (``--prefetch auto``): the worker sizes its buffer of leased jobs itself,
+large enough that it does not sit idle while a claim is on its way, and no larger than that."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from support.server import Server
+
+from tqueues import Client, Worker
+
+
+async def run_until_done(client: Client, worker: Worker, count: int, timeout: float = 60) -> None:
+    runner = asyncio.ensure_future(worker.run_forever())
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while worker.jobs_done < count:
+            assert asyncio.get_running_loop().time() < deadline, f"{worker.jobs_done} of {count} jobs done"
+            assert not runner.done(), runner
+            await asyncio.sleep(0.02)
+    finally:
+        worker.stop()
+        await asyncio.wait_for(runner, 30)
+    # The registry entry a worker refreshes (at each heartbeat, and its last one on stopping)
+    # shows the size it had come to.
+    entry = next(w for w in await client.workers() if w["id"] == worker.id)
+    assert entry["prefetch"] == worker.prefetch
+
+
+async def test_given_auto_prefetch_and_a_backlog_of_short_jobs_then_the_buffer_grows_and_every_job_runs(
+        server: Server) -> None:
+    async with Client(server.url) as client:
+        await client.enqueue_many([{"queue": "pauto", "method": "support.jobs:echo", "args": [i]} for i in range(3000)],
+                                  documents=False)
+        worker = Worker(server.url, "pauto", modules=["support.jobs"], concurrency=2, prefetch="auto", wait=1)
+        assert worker.prefetch == 2   # it begins as the default does: as many as concurrency
+        await run_until_done(client, worker, 3000)
+        # Jobs of a few microseconds run through a buffer of two long before a claim's answer
+        # comes back: the worker doubled its prefetch each time it waited, several times over.
+        assert worker.prefetch >= 16, worker.prefetch
+        assert worker.jobs_failed == 0
+
+
+async def test_given_auto_prefetch_and_jobs_slower_than_a_claim_then_the_buffer_stays_at_concurrency(
+        server: Server, tmp_path: Path) -> None:
+    ledger = str(tmp_path / "ledger")
+    async with Client(server.url) as client:
+        await client.enqueue_many([{"queue": "pslow", "method": "support.jobs:slow_record", "args": [ledger, 0.05]}
+                                   for _ in range(24)], documents=False)
+        worker = Worker(server.url, "pslow", modules=["support.jobs"], concurrency=2, prefetch="auto", wait=1)
+        await run_until_done(client, worker, 24)
+        # Each claim came back with the buffered job still waiting: nothing to grow for.
+        assert worker.prefetch == 2
