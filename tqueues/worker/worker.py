@@ -54,9 +54,7 @@ class Worker:
             raise ConfigurationError("a worker needs at least one queue")
         if concurrency < 1:
             raise ConfigurationError("concurrency must be at least 1")
-        if prefetch == AUTO:
-            pass
-        elif prefetch is not None and (isinstance(prefetch, str) or prefetch < 0):
+        if prefetch is not None and prefetch != AUTO and (not isinstance(prefetch, int) or prefetch < 0):
             raise ConfigurationError(f"prefetch must be 0 or more, or {AUTO!r}")
         if isolation not in ISOLATIONS:
             raise ConfigurationError(f"isolation must be one of {', '.join(ISOLATIONS)}")
