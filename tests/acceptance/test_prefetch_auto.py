@@ -37,8 +37,9 @@ async def test_given_auto_prefetch_and_a_backlog_of_short_jobs_then_the_buffer_g
         assert worker.prefetch == 2   # it begins as the default does: as many as concurrency
         await run_until_done(client, worker, 3000)
         # Jobs of a few microseconds run through a buffer of two long before a claim's answer
-        # comes back: the worker doubled its prefetch each time it waited, several times over.
-        assert worker.prefetch >= 16, worker.prefetch
+        # comes back: the worker doubled its prefetch each time it waited (in-process against
+        # this dispatcher it settles at 16 to 998; a fixed buffer would have stayed at 2).
+        assert worker.prefetch >= 8, worker.prefetch
         assert worker.jobs_failed == 0
 
 
