@@ -76,8 +76,6 @@ class Worker:
         # beyond the claims (see _adapt_prefetch).
         self.auto_prefetch = prefetch == AUTO
         self.prefetch: int = concurrency if prefetch is None or prefetch == AUTO else int(prefetch)
-        self._min_prefetch = self.prefetch
-        self._max_prefetch = max(self.prefetch, models.MAX_CLAIM - concurrency)
         self._claim_asked = 0      # jobs the claim on its way asked for
         self._claim_runway = 0     # buffered jobs, not yet started, when it was sent
         self._ample_claims = 0     # full claims in a row answered with much of the runway left
@@ -313,12 +311,13 @@ class Worker:
         if not (full and backlog):
             return
         if not self._ready and len(self._running) < self.concurrency:
-            self.prefetch = min(self.prefetch * 2, self._max_prefetch)
+            # Up to what one claim can lease with the running jobs (never below the start).
+            self.prefetch = min(self.prefetch * 2, max(self.concurrency, models.MAX_CLAIM - self.concurrency))
             self._ample_claims = 0
         elif self._claim_runway and len(self._ready) * 2 > self._claim_runway:
             self._ample_claims += 1
             if self._ample_claims >= AMPLE_CLAIMS:
-                self.prefetch = max(self.prefetch // 2, self._min_prefetch)
+                self.prefetch = max(self.prefetch // 2, self.concurrency)   # where it began
                 self._ample_claims = 0
         else:
             self._ample_claims = 0
