@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from acceptance.conftest import Cluster
 from support.server import Server
 
 from tqueues import Client, Worker
@@ -53,3 +54,15 @@ async def test_given_auto_prefetch_and_jobs_slower_than_a_claim_then_the_buffer_
         await run_until_done(client, worker, 24)
         # Each claim came back with the buffered job still waiting: nothing to grow for.
         assert worker.prefetch == 2
+
+
+async def test_given_tqueues_worker_with_prefetch_auto_then_it_runs_jobs_and_registers_its_prefetch(
+        cluster: Cluster) -> None:
+    url = cluster.start_dispatcher()
+    cluster.worker("pcli", "--prefetch", "auto", concurrency=3)
+    async with Client(url) as client:
+        job = await client.enqueue("support.jobs:echo", 1, queue="pcli")
+        assert (await client.wait(job["id"], timeout=30))["status"] == "finished"
+        (entry,) = [w for w in await client.workers() if w["queues"] == ["pcli"]]
+    # It registered with the size an automatic prefetch begins at: as many as concurrency
+    assert (entry["concurrency"], entry["prefetch"]) == (3, 3)
