@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import pytest
 from support import jobs as testjobs
@@ -67,6 +68,28 @@ async def test_given_functions_of_each_kind_then_they_run_with_their_job_handle(
     assert (done[0]["result"], done[0]["data"]) == (3, {"step": 3})
     assert (done[1]["result"], done[1]["data"]) == (4, {"step": 4})
     assert done[2]["result"] == 42
+
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.timeout needs Python 3.11")
+async def test_given_coroutine_jobs_then_each_runs_as_its_own_task_from_its_first_line(server: Server) -> None:
+    async with Client(server.url) as client:
+        # Given jobs that look at the task running them, and jobs that time themselves out with
+        # asyncio.timeout, which cancels whichever task entered it
+        mine = [await client.enqueue("support.jobs:own_task", queue="own") for _ in range(3)]
+        timed = [await client.enqueue("support.jobs:own_timeout", 0.05, queue="own") for _ in range(3)]
+        after = await client.enqueue("support.jobs:echo", "still claiming", queue="own")
+        worker = Worker(server.url, "own", modules=["support.jobs"], concurrency=2, wait=1)
+        runner = asyncio.ensure_future(worker.run_forever())
+        try:
+            done = [await client.wait(j["id"], timeout=20) for j in (*mine, *timed, after)]
+        finally:
+            worker.stop()
+            await asyncio.wait_for(runner, 20)
+    # Then each ran in its own task, even before its first wait (where Python 3.12+ starts it
+    # at once), so each timeout cancelled its own job and never the worker's claims
+    assert [j["result"] for j in done] == ["own_task"] * 3 + ["timed out"] * 3 + [{"args": ["still claiming"], "kwargs": {}}]
+    assert not runner.cancelled() and runner.exception() is None
 
 
 def test_a_registry_finds_marked_functions_and_resolves_dotted_names() -> None:

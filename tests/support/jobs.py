@@ -149,3 +149,20 @@ def noisy_failure(tag: str) -> None:
     for i in range(3):
         print(f"{tag} step {i}", flush=True)
     raise ValueError(f"{tag} could not be parsed")
+
+
+async def own_task() -> str:
+    """The name of the coroutine the task running this job runs: its own, ``own_task``."""
+    task = asyncio.current_task()
+    return task.get_coro().__qualname__ if task is not None else "no task"   # type: ignore[union-attr]
+
+
+async def own_timeout(seconds: float) -> str:
+    """Times itself out with ``asyncio.timeout`` (Python 3.11+), which cancels the task that
+    entered it: the job's own task, never one of the worker's."""
+    try:
+        async with asyncio.timeout(seconds):   # type: ignore[attr-defined]
+            await asyncio.sleep(30)
+    except TimeoutError:
+        return "timed out"
+    return "slept 30 s"

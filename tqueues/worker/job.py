@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from .. import models
 from . import capture
 from ..errors import ClientError, JobAborted, JobTimeout, NotRegistered
+from ..tasks import start_task
 from .runner import ChildDied, RemoteError
 
 if TYPE_CHECKING:
@@ -119,8 +120,10 @@ class Job:
                 if pass_job:
                     kwargs["tq_parent_job"] = self
                 work = fn(*self.args, **kwargs)
-                # A coroutine (the usual) becomes a task directly; other awaitables through ensure_future.
-                self._inner = (asyncio.get_running_loop().create_task(work) if type(work) is types.CoroutineType
+                # A coroutine (the usual) becomes a task directly, started at once where asyncio
+                # can (Python 3.12+: a job that never waits is done before this returns);
+                # other awaitables through ensure_future.
+                self._inner = (start_task(work) if type(work) is types.CoroutineType
                                else asyncio.ensure_future(work))
             else:
                 self._in_child = self.worker.isolation == "process"
