@@ -1003,8 +1003,8 @@ class PostgresStore(Store):
                 models.dumps_str(stored_event_doc(doc)),
                 leased and models.dumps_str(stored_event_doc(leased)), CHANNEL, leased is not None)
             handed = [leased] if row["take"] and leased is not None else []
-            # (Not ``for job in handed``: Python 3.12.1 inlines the comprehension and then
-            # reads ``job``, the argument used below, as an unbound local.)
+            # (Not ``for job in handed``: Python 3.12.1 and 3.13.0 inline the comprehension and
+            # then read ``job``, the argument used below, as an unbound local.)
             events = [(models.EV_CREATED, doc)] + [(models.EV_STARTED, started) for started in handed]
             first = int(row["last"]) - len(events) + 1
             tx.published = [{"seq": first + offset, "ts": ts, "kind": kind, "queue": job.queue, "job_id": job_id,
