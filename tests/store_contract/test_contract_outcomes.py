@@ -131,7 +131,8 @@ async def test_given_hundreds_of_started_jobs_when_completed_in_one_call_then_al
         stored = await store.get(job["id"])
         assert (stored["status"], stored["result"], stored["lease"]) == (models.FINISHED, {"n": job["args"][0]}, None)
         [execution] = await store.executions(job["id"])
-        assert execution["status"] == models.EXEC_FINISHED
+        assert (execution["status"], execution["attempt"], execution["worker"]) == (models.EXEC_FINISHED, 1, "w")
+        assert (execution["started_at"], execution["finished_at"]) == (job["started_at"], stored["finished_at"])
     assert await store.claim(["default"], "w", 10) == []
 
 

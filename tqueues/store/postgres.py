@@ -269,6 +269,19 @@ _END_ATTEMPT = f"{_END_ATTEMPTS} VALUES ($1, $2, $3, $4, $5, $6, $7, $8) {_REPLA
 
 
 JCOLS = ", ".join(f"j.{k}" for k in JOB_KEYS)
+
+# Finish the started jobs whose lease matches, in one round trip: parameters now, then
+# {arrays} (_arrays of ids, results as JSON text, leases, from $2); returns the jobs as
+# finished (result aside: the caller has it) and writes the rows of their executions.
+_FINISH = ("WITH f AS (SELECT * FROM unnest({arrays}) AS f(id, result, lease)),"
+           " jobs AS (UPDATE tqueues_jobs j SET status = 'finished', result = f.result::jsonb, error = NULL,"
+           "   lease = NULL, lease_expires = NULL, finished_at = $1, updated_at = $1 FROM f"
+           "   WHERE j.id = f.id AND j.lease = f.lease AND j.status = 'started'"
+           "   RETURNING " + ", ".join(f"j.{k}" for k in JOB_KEYS if k != "result") + ", NULL::jsonb AS result,"
+           "   f.lease AS attempt_lease),"
+           " e AS (" + _END_ATTEMPTS + " SELECT id, attempts, worker, attempt_lease, 'finished', started_at, $1, NULL"
+           "   FROM jobs " + _REPLACE_ATTEMPT + ")"
+           " SELECT * FROM jobs")
 JSON_COLS = frozenset({"args", "kwargs", "data", "result", "error"})
 
 Event = tuple[str, str | None, str | None, dict[str, Any]]
@@ -1039,53 +1052,41 @@ class PostgresStore(Store):
 
     async def _complete(self, outcomes: list[Outcome], now: float) -> list[dict[str, Any]]:
         async def op(tx: _Tx) -> list[dict[str, Any]]:
-            # Fenced completions that finished are applied set-wise: three statements per batch
-            # instead of three per job. Anything else goes through _complete_one, after the
-            # set-wise writes pending so far have been applied (it reads the database).
+            # The common case, a fenced completion that finished, is applied set-wise: one
+            # statement finishes every job whose lease still matches (the fence is in its WHERE:
+            # nothing is read or locked first) and writes the rows of their executions. Every
+            # other outcome goes through _complete_one, in order, after it: a failure, an
+            # unfenced completion, the second outcome of a job in the batch, and a finished one
+            # the statement left alone (stale lease, unknown id), which it reports.
             conn = tx.conn
-            ids_sql, ids = _arrays(("text",), (list(dict.fromkeys(o.id for o in outcomes)),), 1)
-            rows = await conn.fetch(f"SELECT {COLS} FROM tqueues_jobs WHERE id = ANY({ids_sql}) ORDER BY id FOR UPDATE", *ids)
-            jobs = {row["id"]: row_to_job(row) for row in rows}
+            firsts: dict[str, int] = {}   # job id → index of its first outcome in the batch
+            for i, outcome in enumerate(outcomes):
+                firsts.setdefault(outcome.id, i)
+            # In id order: rows are locked as the statement reaches them, and heartbeats and
+            # completions written at once by another writer (or dispatcher) take them in id order.
+            fast = sorted((job_id, i) for job_id, i in firsts.items()
+                          if outcomes[i].status == models.FINISHED and outcomes[i].lease is not None)
+            finished: dict[str, dict[str, Any]] = {}
+            if fast:
+                results = [models.jsonable_text(outcomes[i].result) for _, i in fast]
+                sql, args = _arrays(("text", "text", "text"), ([job_id for job_id, _ in fast], [text for _, text in results],
+                                                              [outcomes[i].lease for _, i in fast]), 2)
+                rows = await conn.fetch(_FINISH.replace("{arrays}", sql), now, *args)
+                # The document carries the result as given (the value its JSON was made from),
+                # as a single completion's does, rather than read back from jsonb.
+                value_of = {job_id: results[k][0] for k, (job_id, _) in enumerate(fast)}
+                for row in rows:
+                    job = row_to_job(row)
+                    job["result"] = value_of[job["id"]]
+                    finished[job["id"]] = job
             out: list[dict[str, Any]] = []
-            finished: list[tuple[str, str, str]] = []   # id, result as JSON text, lease
-
-            async def flush() -> None:
-                if not finished:
-                    return
-                # Results go as JSON text: a jsonb[] parameter of lists would be taken for a
-                # multidimensional array.
-                sql, args = _arrays(("text", "text", "text"), ([f[0] for f in finished], [f[1] for f in finished],
-                                                              [f[2] for f in finished]), 2)
-                await conn.execute(   # the jobs and the rows of their executions, in one round trip
-                    f"WITH f AS (SELECT * FROM unnest({sql}) AS f(id, result, lease)),"
-                    " jobs AS (UPDATE tqueues_jobs j SET status = 'finished', result = f.result::jsonb, error = NULL, lease = NULL,"
-                    "   lease_expires = NULL, finished_at = $1, updated_at = $1 FROM f WHERE j.id = f.id"
-                    "   RETURNING j.id, j.attempts, j.worker, f.lease, j.started_at)"
-                    f" {_END_ATTEMPTS} SELECT id, attempts, worker, lease, 'finished', started_at, $1, NULL FROM jobs"
-                    f" {_REPLACE_ATTEMPT}",
-                    now, *args)
-                finished.clear()
-
-            for outcome in outcomes:
-                job = jobs.get(outcome.id)
-                fenced = (job is not None and outcome.lease is not None and outcome.status == models.FINISHED
-                          and job["status"] == models.STARTED and job["lease"] == outcome.lease)
-                if not fenced:
-                    await flush()
-                    result = await self._complete_one(tx, outcome, now)
-                    if result["ok"]:
-                        jobs[outcome.id] = result["job"]
-                    out.append(result)
+            for i, outcome in enumerate(outcomes):
+                job = finished.get(outcome.id) if firsts[outcome.id] == i else None
+                if job is None:
+                    out.append(await self._complete_one(tx, outcome, now))
                     continue
-                assert job is not None
-                value, text = models.jsonable_text(outcome.result)
-                new = {**job, "status": models.FINISHED, "result": value, "error": None, "lease": None,
-                       "lease_expires": None, "finished_at": now, "updated_at": now}
-                finished.append((outcome.id, text, outcome.lease))
-                jobs[outcome.id] = new
-                tx.emit(models.EV_FINISHED, new, models.STARTED)
-                out.append(ok(new))
-            await flush()
+                tx.emit(models.EV_FINISHED, job, models.STARTED)
+                out.append(ok(job))
             return out
 
         return await self._write(op)
