@@ -67,6 +67,49 @@ def groups(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return sizes
 
 
+async def test_given_an_idle_store_then_a_full_claim_and_its_report_run_on_the_loop(store, monkeypatch) -> None:
+    # Given a thousand pending jobs, and the writer thread's group runner watched
+    await store.enqueue([spec(n) for n in range(models.MAX_CLAIM)])
+    groups: list[int] = []
+    original = sqlite_store._Writer._run_group
+
+    def watched(self, batch, begun=False, **kwargs):
+        groups.append(len(batch) if not begun else -len(batch))
+        return original(self, batch, begun, **kwargs)
+
+    monkeypatch.setattr(sqlite_store._Writer, "_run_group", watched)
+    # When a worker claims as many as a claim may, and reports them all finished
+    jobs = await store.claim(["w"], "worker-1", models.MAX_CLAIM, 30.0)
+    items = await store.complete([Outcome(j["id"], j["lease"], models.FINISHED, result=j["args"][0]) for j in jobs])
+    # Then both ran inline (begun by the caller), each a group of one, and every job finished
+    assert groups == [-1, -1]
+    assert len(jobs) == models.MAX_CLAIM and all(i["ok"] for i in items)
+    assert (await store.get(jobs[-1]["id"]))["status"] == models.FINISHED
+
+
+async def test_given_writes_of_one_turn_touching_more_than_inline_items_then_the_writer_thread_groups_them(
+        store, monkeypatch) -> None:
+    # Given twenty pending jobs and a limit of 8 jobs a turn may touch inline
+    monkeypatch.setattr(sqlite_store, "INLINE_ITEMS", 8)
+    await store.enqueue([spec(n) for n in range(20)])
+    groups: list[int] = []
+    original = sqlite_store._Writer._run_group
+
+    def watched(self, batch, begun=False, **kwargs):
+        groups.append(len(batch) if not begun else -len(batch))
+        return original(self, batch, begun, **kwargs)
+
+    monkeypatch.setattr(sqlite_store._Writer, "_run_group", watched)
+    # When, in one turn, a claim of 5 runs at once and two more claims of 5 follow it
+    claims = await asyncio.gather(*(store.claim(["w"], f"worker-{k}", 5, 30.0) for k in range(3)))
+    # Then the first ran inline alone; the other two (10 jobs together) went to the thread as one group
+    assert groups == [-1, 2]
+    assert sorted(len(c) for c in claims) == [5, 5, 5]
+    # And a single claim over the limit goes to the thread too
+    assert len(await store.claim(["w"], "worker-9", 9, 30.0)) == 5
+    assert groups == [-1, 2, 1]
+
+
 async def test_given_concurrent_enqueues_then_they_share_commits(store, groups) -> None:
     # When 200 enqueues are made at once
     jobs = await asyncio.gather(*(put(store, i) for i in range(200)))
@@ -150,7 +193,7 @@ async def test_given_a_failing_operation_in_a_group_then_only_it_fails_and_the_g
     with grouped():
         outcomes = await asyncio.gather(*(store.enqueue([models.NewJob(queue="g", method="m:f", args=[i])])
                                           for i in range(5)),
-                                        store._write(half_done, inline=True), return_exceptions=True)
+                                        store._write(half_done, items=1), return_exceptions=True)
     # Then the group ran once without savepoints, was rolled back, and ran again with them
     assert attempts == [(6, False), (6, True)]
     # And that operation alone failed, leaving nothing behind
@@ -195,14 +238,16 @@ async def test_given_an_idle_store_and_a_known_queue_then_an_enqueue_is_one_lean
     assert "queues" not in " ".join(statements)
 
 
-async def test_given_inline_and_threaded_groups_alternating_then_no_connection_setting_changes(store) -> None:
+async def test_given_inline_and_threaded_groups_alternating_then_no_connection_setting_changes(
+        store, monkeypatch) -> None:
+    monkeypatch.setattr(sqlite_store, "INLINE_ITEMS", 8)
     await put(store)   # the queue is now known
     statements: list[str] = []
     store._writer.conn.set_trace_callback(statements.append)
     try:
         # When an inline enqueue, a claim too large to run inline, and an inline enqueue follow
         await put(store, 2)
-        claimed = await store.claim(["w"], "worker-1", sqlite_store.INLINE_ITEMS + 1, 30.0)
+        claimed = await store.claim(["w"], "worker-1", 9, 30.0)
         await put(store, 3)
     finally:
         store._writer.conn.set_trace_callback(None)
@@ -213,12 +258,13 @@ async def test_given_inline_and_threaded_groups_alternating_then_no_connection_s
 
 
 async def test_given_the_file_locked_by_another_process_then_a_threaded_group_waits_for_it(
-        store, tmp_path: Path) -> None:
+        store, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(sqlite_store, "INLINE_ITEMS", 8)
     other = sqlite3.connect(tmp_path / "q.db", isolation_level=None)
     other.execute("BEGIN IMMEDIATE")
     try:
         # When a claim too large to run inline is made while another process holds the lock
-        pending = asyncio.ensure_future(store.claim(["w"], "worker-1", sqlite_store.INLINE_ITEMS + 1, 30.0))
+        pending = asyncio.ensure_future(store.claim(["w"], "worker-1", 9, 30.0))
         await asyncio.sleep(0.3)
         # Then it waits instead of failing
         assert not pending.done()

@@ -16,14 +16,20 @@ Design
     * Reads run on a separate thread with its own connection.
     * The operations of one turn of the event loop are gathered and always committed in one
       group, in the order they came (an enqueue and the parked claims it adopted share their
-      transaction: base.grouped). When the store is idle and they are small (one enqueue, a
-      claim, a report of a few outcomes), they run on the event loop with the writer's
-      connection, under the writer's lock, instead of waking the writer thread and being woken
-      back: on an idle machine those two thread hand-offs cost more than the write itself.
-      The first such write of a turn runs at once, inside the call, when nothing else is on its
-      way; the rest of the turn's are gathered behind it. Whenever any write is already on its
-      way, they queue for the writer thread, which joins whatever is waiting into one group, so
-      busy periods keep group commit.
+      transaction: base.grouped). When no write is on its way and the turn's operations
+      touch at most INLINE_ITEMS jobs together (enqueues, claims, reports of outcomes and
+      heartbeats, up to a full claim of a thousand jobs), they run on the event loop with the
+      writer's connection, under the writer's lock, instead of waking the writer thread and
+      being woken back. On an idle machine those two thread hand-offs cost more than the write
+      itself; on a busy one, the thread buys little concurrency (the loop and the writer's
+      Python share one interpreter lock; only SQLite's own work runs beside the loop) and
+      costs a hand-off each way, lock contention and a wake-up: a drain by workers claiming
+      and reporting hundreds of jobs at a time is a tenth faster on the loop. The loop is held
+      for a few milliseconds at most (INLINE_ITEMS jobs' statements). The first such write of
+      a turn runs at once, inside the call, when nothing else is on its way; the rest of the
+      turn's are gathered behind it. Whenever any write is already on its way (or one is too
+      large, or has no size given), they queue for the writer thread, which joins whatever is
+      waiting into one group, so busy periods keep group commit.
     * Checkpoints of the WAL run on their own thread and connection (``PASSIVE``: they never
       block the writer), never inside a commit.
 """
@@ -170,7 +176,7 @@ _loads = models.loads
 MAX_GROUP = 1024
 BUSY_TIMEOUT_MS = 30_000
 INSERT_CHUNK = 32                 # rows per INSERT statement (see insert_rows)
-INLINE_ITEMS = 64                 # the most jobs an operation may touch to run inline
+INLINE_ITEMS = 1024               # the most jobs the operations of one turn may touch to run inline
 INLINE_OPS = 8                    # the most operations of one turn of the loop run inline
 CHECKPOINT_EVERY = 0.5            # seconds between looks at the WAL's size
 CHECKPOINT_BYTES = 32 * 1024 * 1024
@@ -353,12 +359,12 @@ def _connect(path: str) -> sqlite3.Connection:
 
 
 class _Op:
-    __slots__ = ("fn", "future", "small")
+    __slots__ = ("fn", "future", "items")
 
-    def __init__(self, fn: Callable[["_Tx"], Any], future: asyncio.Future[Any] | None, small: bool) -> None:
+    def __init__(self, fn: Callable[["_Tx"], Any], future: asyncio.Future[Any] | None, items: int) -> None:
         self.fn = fn
         self.future = future
-        self.small = small   # may run inline (see SQLiteStore._write)
+        self.items = items   # jobs it touches, if it may run inline; 0: the writer thread's (see SQLiteStore._write)
 
 
 class _Tx(Changes):
@@ -654,13 +660,14 @@ class SQLiteStore(Store):
                 op.future.set_exception(value)
         self._publish(published)
 
-    async def _write(self, fn: Callable[[_Tx], Any], inline: bool = False) -> Any:
-        """Run ``fn`` in a write transaction. ``inline`` marks a small operation that may run
-        on the loop when no other write is on its way (see the module docstring)."""
+    async def _write(self, fn: Callable[[_Tx], Any], items: int = 0) -> Any:
+        """Run ``fn`` in a write transaction. ``items``: how many jobs it touches, for an
+        operation that may run on the loop when no other write is on its way (see the module
+        docstring); 0 for one that always goes to the writer thread."""
         writer = self._writer
         if writer is None:
             raise StoreUnavailable("the store is closed")
-        if inline and not self._ran_now and not self._turn and not self._queued and not grouping():
+        if 0 < items <= INLINE_ITEMS and not self._ran_now and not self._turn and not self._queued and not grouping():
             # Small, the first write of this turn of the loop, and no other on its way (an idle
             # dispatcher): run it now, without waiting for the end of the turn and being woken
             # back (two turns of the loop fewer for one enqueue, claim or report). The writes
@@ -668,7 +675,7 @@ class SQLiteStore(Store):
             # that must share a transaction (base.grouped).
             self._ran_now = True
             self._loop.call_soon(self._next_turn)
-            done = self._try_inline(writer, [_Op(fn, None, True)])
+            done = self._try_inline(writer, [_Op(fn, None, items)])
             if done is not None:
                 [(_, success, value)], published = done
                 self._publish(published)
@@ -679,7 +686,7 @@ class SQLiteStore(Store):
         # The operations of this turn of the loop are gathered and committed in one group, in
         # the order they came: an enqueue and the parked claims it adopted (views.enqueue_jobs)
         # always share a transaction, whichever of them is small.
-        self._turn.append(_Op(fn, future, inline))
+        self._turn.append(_Op(fn, future, items))
         if len(self._turn) == 1:
             self._loop.call_soon(self._run_turn)
         return await future
@@ -705,7 +712,8 @@ class SQLiteStore(Store):
                 if not op.future.done():
                     op.future.set_exception(StoreUnavailable("the store is closed"))
             return
-        if self._queued == 0 and len(ops) <= INLINE_OPS and all(op.small for op in ops):
+        if (self._queued == 0 and len(ops) <= INLINE_OPS and all(op.items for op in ops)
+                and sum(op.items for op in ops) <= INLINE_ITEMS):
             try:
                 done = self._try_inline(writer, ops)
             except StoreUnavailable as exc:
@@ -799,7 +807,7 @@ class SQLiteStore(Store):
             insert_rows(conn, _INSERT_NEW, rows, _NEW_ROW)
             return out  # type: ignore[return-value]
 
-        return await self._write(op, inline=len(jobs) <= INLINE_ITEMS)
+        return await self._write(op, items=len(jobs))
 
     async def _get(self, job_id: str) -> dict[str, Any]:
         return await self._read(lambda conn: self._require(conn, job_id))
@@ -906,7 +914,7 @@ class SQLiteStore(Store):
     async def _claim(self, queues: list[str], worker: str, limit: int, lease_seconds: float,
                      now: float, lease_prefix: str = "") -> list[dict[str, Any]]:
         return await self._write(lambda tx: self._claim_in(tx, queues, worker, limit, lease_seconds, now, lease_prefix),
-                                 inline=limit <= INLINE_ITEMS)
+                                 items=limit)
 
     @staticmethod
     def _active_queues(conn: sqlite3.Connection, queues: list[str]) -> list[str]:
@@ -968,7 +976,7 @@ class SQLiteStore(Store):
             tx.emit(models.EV_STARTED, leased, models.PENDING)
             return doc, [leased]
 
-        return await self._write(op, inline=True)
+        return await self._write(op, items=1)
 
     async def _heartbeat(self, leases: list[tuple[str, str]], lease_seconds: float,
                          worker: str | None, now: float) -> list[dict[str, Any]]:
@@ -986,7 +994,7 @@ class SQLiteStore(Store):
                 tx.conn.execute("UPDATE workers SET last_seen = ? WHERE id = ?", (now, worker))
             return out
 
-        return await self._write(op, inline=len(leases) <= INLINE_ITEMS)
+        return await self._write(op, items=max(1, len(leases)))
 
     async def _complete(self, outcomes: list[Outcome], now: float) -> list[dict[str, Any]]:
         def op(tx: _Tx) -> list[dict[str, Any]]:
@@ -1022,7 +1030,7 @@ class SQLiteStore(Store):
                 out.append(ok(job))
             return out
 
-        return await self._write(op, inline=len(outcomes) <= INLINE_ITEMS)
+        return await self._write(op, items=len(outcomes))
 
     def _complete_one(self, tx: _Tx, outcome: Outcome, now: float) -> dict[str, Any]:
         conn = tx.conn
