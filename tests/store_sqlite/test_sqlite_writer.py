@@ -35,20 +35,31 @@ async def put(store, n: int = 1) -> dict:
     return job
 
 
-async def test_given_an_idle_store_then_a_single_enqueue_runs_without_the_writer_thread(store, monkeypatch) -> None:
-    # Given the writer thread's group runner is watched
-    groups: list[int] = []
+def watch_groups(monkeypatch: pytest.MonkeyPatch, signed: bool) -> list[int]:
+    """The size of every group of writes run from now on, in order; with ``signed``, negative
+    for a group run inline (begun by the caller on the loop) rather than on the writer thread."""
+    sizes: list[int] = []
     original = sqlite_store._Writer._run_group
 
     def watched(self, batch, begun=False, **kwargs):
-        groups.append(len(batch) if not begun else -len(batch))
+        sizes.append(-len(batch) if begun and signed else len(batch))
         return original(self, batch, begun, **kwargs)
 
     monkeypatch.setattr(sqlite_store._Writer, "_run_group", watched)
+    return sizes
+
+
+@pytest.fixture
+def runs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Every group of writes run, in order: its size, negative when it ran inline."""
+    return watch_groups(monkeypatch, signed=True)
+
+
+async def test_given_an_idle_store_then_a_single_enqueue_runs_without_the_writer_thread(store, runs) -> None:
     # When one job is enqueued on an idle store
     job = await put(store)
     # Then it ran inline (begun by the caller) as a group of one, and it is stored and evented
-    assert groups == [-1]
+    assert runs == [-1]
     assert (await store.get(job["id"]))["status"] == "pending"
     assert [e["kind"] for e in await store.events_since(0, 10)][-1] == models.EV_CREATED
 
@@ -56,58 +67,36 @@ async def test_given_an_idle_store_then_a_single_enqueue_runs_without_the_writer
 @pytest.fixture
 def groups(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The size of every group of writes run, in order."""
-    sizes: list[int] = []
-    original = sqlite_store._Writer._run_group
-
-    def watched(self, batch, begun=False, **kwargs):
-        sizes.append(len(batch))
-        return original(self, batch, begun, **kwargs)
-
-    monkeypatch.setattr(sqlite_store._Writer, "_run_group", watched)
-    return sizes
+    return watch_groups(monkeypatch, signed=False)
 
 
-async def test_given_an_idle_store_then_a_full_claim_and_its_report_run_on_the_loop(store, monkeypatch) -> None:
-    # Given a thousand pending jobs, and the writer thread's group runner watched
+async def test_given_an_idle_store_then_a_full_claim_and_its_report_run_on_the_loop(store, runs) -> None:
+    # Given a thousand pending jobs
     await store.enqueue([spec(n) for n in range(models.MAX_CLAIM)])
-    groups: list[int] = []
-    original = sqlite_store._Writer._run_group
-
-    def watched(self, batch, begun=False, **kwargs):
-        groups.append(len(batch) if not begun else -len(batch))
-        return original(self, batch, begun, **kwargs)
-
-    monkeypatch.setattr(sqlite_store._Writer, "_run_group", watched)
+    del runs[:]
     # When a worker claims as many as a claim may, and reports them all finished
     jobs = await store.claim(["w"], "worker-1", models.MAX_CLAIM, 30.0)
     items = await store.complete([Outcome(j["id"], j["lease"], models.FINISHED, result=j["args"][0]) for j in jobs])
     # Then both ran inline (begun by the caller), each a group of one, and every job finished
-    assert groups == [-1, -1]
+    assert runs == [-1, -1]
     assert len(jobs) == models.MAX_CLAIM and all(i["ok"] for i in items)
     assert (await store.get(jobs[-1]["id"]))["status"] == models.FINISHED
 
 
 async def test_given_writes_of_one_turn_touching_more_than_inline_items_then_the_writer_thread_groups_them(
-        store, monkeypatch) -> None:
+        store, runs, monkeypatch) -> None:
     # Given twenty pending jobs and a limit of 8 jobs a turn may touch inline
     monkeypatch.setattr(sqlite_store, "INLINE_ITEMS", 8)
     await store.enqueue([spec(n) for n in range(20)])
-    groups: list[int] = []
-    original = sqlite_store._Writer._run_group
-
-    def watched(self, batch, begun=False, **kwargs):
-        groups.append(len(batch) if not begun else -len(batch))
-        return original(self, batch, begun, **kwargs)
-
-    monkeypatch.setattr(sqlite_store._Writer, "_run_group", watched)
+    del runs[:]
     # When, in one turn, a claim of 5 runs at once and two more claims of 5 follow it
     claims = await asyncio.gather(*(store.claim(["w"], f"worker-{k}", 5, 30.0) for k in range(3)))
     # Then the first ran inline alone; the other two (10 jobs together) went to the thread as one group
-    assert groups == [-1, 2]
+    assert runs == [-1, 2]
     assert sorted(len(c) for c in claims) == [5, 5, 5]
     # And a single claim over the limit goes to the thread too
     assert len(await store.claim(["w"], "worker-9", 9, 30.0)) == 5
-    assert groups == [-1, 2, 1]
+    assert runs == [-1, 2, 1]
 
 
 async def test_given_concurrent_enqueues_then_they_share_commits(store, groups) -> None:
