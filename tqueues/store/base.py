@@ -199,6 +199,17 @@ def leased_new_job(doc: dict[str, Any], worker: str | None, lease: str | None, l
             "lease_expires": now + lease_seconds, "worker": worker, "started_at": now, "updated_at": now}
 
 
+def fenced_finishes(outcomes: Sequence[Outcome]) -> dict[str, int]:
+    """job id → index of its outcome, for the outcomes a store may apply set-wise: the first
+    outcome of its job in the batch, a finish fenced by a lease. The others (failures,
+    unfenced completions, second outcomes of a job) are applied one by one, in order."""
+    firsts: dict[str, int] = {}
+    for i, outcome in enumerate(outcomes):
+        firsts.setdefault(outcome.id, i)
+    return {job_id: i for job_id, i in firsts.items()
+            if outcomes[i].status == models.FINISHED and outcomes[i].lease is not None}
+
+
 def ok(job: dict[str, Any]) -> dict[str, Any]:
     """One item of a batch answer that succeeded."""
     return {"id": job["id"], "ok": True, "status": job["status"], "job": job}

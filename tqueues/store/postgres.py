@@ -36,8 +36,8 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from .. import models
 from ..errors import ConfigurationError, Conflict, JobNotFound, LeaseConflict, StoreUnavailable, TQueuesError
-from .base import (JOB_KEYS, Changes, Outcome, Store, conflict, event_doc, leased_new_job, net_moves, new_job, ok, redact, stored_event_doc,
-                   token_not_found, ended_attempt, with_running_attempt, worker_not_found)
+from .base import (JOB_KEYS, Changes, Outcome, Store, conflict, event_doc, fenced_finishes, leased_new_job, net_moves, new_job, ok,
+                   redact, stored_event_doc, token_not_found, ended_attempt, with_running_attempt, worker_not_found)
 
 try:  # imported lazily by open_store; the module itself needs the driver
     import asyncpg
@@ -1059,13 +1059,10 @@ class PostgresStore(Store):
             # unfenced completion, the second outcome of a job in the batch, and a finished one
             # the statement left alone (stale lease, unknown id), which it reports.
             conn = tx.conn
-            firsts: dict[str, int] = {}   # job id → index of its first outcome in the batch
-            for i, outcome in enumerate(outcomes):
-                firsts.setdefault(outcome.id, i)
+            chosen = fenced_finishes(outcomes)
             # In id order: rows are locked as the statement reaches them, and heartbeats and
             # completions written at once by another writer (or dispatcher) take them in id order.
-            fast = sorted((job_id, i) for job_id, i in firsts.items()
-                          if outcomes[i].status == models.FINISHED and outcomes[i].lease is not None)
+            fast = sorted(chosen.items())
             finished: dict[str, dict[str, Any]] = {}
             if fast:
                 results = [models.jsonable_text(outcomes[i].result) for _, i in fast]
@@ -1081,7 +1078,7 @@ class PostgresStore(Store):
                     finished[job["id"]] = job
             out: list[dict[str, Any]] = []
             for i, outcome in enumerate(outcomes):
-                job = finished.get(outcome.id) if firsts[outcome.id] == i else None
+                job = finished.get(outcome.id) if chosen.get(outcome.id) == i else None
                 if job is None:
                     out.append(await self._complete_one(tx, outcome, now))
                     continue

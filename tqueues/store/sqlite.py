@@ -52,8 +52,9 @@ from urllib.parse import unquote, urlsplit
 
 from .. import models
 from ..errors import Conflict, ConfigurationError, InvalidRequest, JobNotFound, LeaseConflict, StoreUnavailable, TQueuesError
-from .base import (JOB_KEYS, JOB_VALUES, Changes, Outcome, Store, conflict, event_doc, grouping, leased_new_job, net_moves, new_job, ok,
-                   stored_event_doc, token_not_found, ended_attempt, with_running_attempt, worker_not_found)
+from .base import (JOB_KEYS, JOB_VALUES, Changes, Outcome, Store, conflict, event_doc, fenced_finishes, grouping, leased_new_job,
+                   net_moves, new_job, ok, stored_event_doc, token_not_found, ended_attempt, with_running_attempt,
+                   worker_not_found)
 
 log = logging.getLogger("tqueues.store.sqlite")
 
@@ -1005,11 +1006,7 @@ class SQLiteStore(Store):
             # an unfenced completion, the second outcome of a job in the batch, and a finished
             # one the set-wise update left alone (stale lease, unknown id), which it reports.
             conn = tx.conn
-            firsts: dict[str, int] = {}   # job id → index of its first outcome in the batch
-            for i, outcome in enumerate(outcomes):
-                firsts.setdefault(outcome.id, i)
-            fast = {job_id: i for job_id, i in firsts.items()
-                    if outcomes[i].status == models.FINISHED and outcomes[i].lease is not None}
+            fast = fenced_finishes(outcomes)
             finished: dict[str, dict[str, Any]] = {}
             values = [(job_id, outcomes[i].lease, models.json_text(outcomes[i].result))
                       for job_id, i in fast.items()]
