@@ -104,7 +104,8 @@ def versions_and_failures(ctx: Context, peers: list[Peer]) -> tuple[dict[str, st
 
 
 def ceilings(ctx: Context, seconds: float) -> dict[str, float | str]:
-    """The bare aiohttp request rate and SQLite's batched insert+update rate on this machine."""
+    """The bare aiohttp request and websocket message rates, and SQLite's batched insert+update
+    rate, on this machine."""
     out: dict[str, float | str] = {}
     env = dict(ctx.base_env)
     port = free_port()
@@ -117,6 +118,10 @@ def ceilings(ctx: Context, seconds: float) -> dict[str, float | str]:
                                           f"http://127.0.0.1:{port}/", str(seconds), str(conc)],
                               name="ceiling-client", env=env, timeout=seconds + 60)
             out[f"aiohttp_c{conc}"] = float(answer["rate"])
+        answer = run_json(ctx.procs, [ctx.python("main"), "-m", "bench.ceilings", "echo",
+                                      f"http://127.0.0.1:{port}/ws", str(seconds)],
+                          name="ceiling-echo", env=env, timeout=seconds + 60)
+        out["aiohttp_ws_echo"] = float(answer["rate"])
     except BenchError as exc:
         out["aiohttp_c64"] = f"failed: {exc}"
     finally:
@@ -415,6 +420,8 @@ def render(args: argparse.Namespace, size: Sizes, runs: int, chosen: list[Peer],
                 "| what | figure |", "|---|---:|",
                 f"| bare aiohttp handler, 1 keep-alive connection (requests/s) | {c('aiohttp_c1')} |",
                 f"| bare aiohttp handler, 64 keep-alive connections (requests/s) | {c('aiohttp_c64')} |",
+                f"| bare aiohttp websocket echo, 1 connection, one message at a time (messages/s; "
+                f"the bound of A one by one over tqueues' enqueue websocket) | {c('aiohttp_ws_echo')} |",
                 f"| SQLite WAL, batches of 1,000: insert only (rows/s) | {c('sqlite_insert')} |",
                 f"| SQLite WAL, batches of 1,000: insert + 2 updates per job (jobs/s) | {c('sqlite_jobs')} |", ""]
     if failed:
