@@ -14,7 +14,7 @@ import pytest
 
 from tqueues import models
 from tqueues.errors import JobNotFound, StoreUnavailable
-from tqueues.store import Outcome
+from tqueues.store import Outcome, open_store
 from tqueues.store.base import grouped
 from tqueues.store import sqlite as sqlite_store
 
@@ -160,6 +160,38 @@ async def test_given_a_growing_wal_then_the_checkpointer_copies_it_back(store, t
     assert os.path.exists(wal)
     writer_conn = store._writer.conn
     assert writer_conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+
+
+async def test_given_writes_that_never_pause_then_the_wal_starts_over_instead_of_growing(
+        db_url: str, tmp_path: Path, monkeypatch) -> None:
+    # Given small thresholds, set before the store opens (the WAL's size once it starts over is
+    # a setting of the writer's connection)
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_BYTES", 256 * 1024)
+    monkeypatch.setattr(sqlite_store, "WAL_LIMIT_BYTES", 1024 * 1024)
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY", 0.02)
+    wal = str(tmp_path / "q.db") + "-wal"
+    store = open_store(db_url)
+    await store.open()
+    try:
+        # When jobs are enqueued, claimed and finished with no pause between the writes, for
+        # about 40 MB of WAL pages (each job writes some 4 kB)
+        largest, finished = 0, 0
+        for start in range(0, 10_000, 100):
+            await store.enqueue([spec(i) for i in range(start, start + 100)])
+            jobs = await store.claim(["w"], "worker-1", 100, 30.0)
+            results = await store.complete([Outcome(j["id"], j["lease"], "finished", 1) for j in jobs])
+            finished += sum(1 for r in results if r["ok"])
+            largest = max(largest, os.path.getsize(wal))
+        # Then the WAL stayed within a few times its limit: restarting checkpoints made the
+        # writer use it again from its start (a passive checkpoint alone never does while
+        # writes follow one another, and the file grew by every page written)
+        assert largest < 12 * 1024 * 1024, f"the WAL grew to {largest:,} bytes"
+        # And every job was written in full
+        assert finished == 10_000
+        [queue] = [q for q in await store.queues() if q["name"] == "w"]
+        assert queue["counts"]["finished"] == 10_000 and queue["counts"]["pending"] == 0
+    finally:
+        await store.close()
 
 
 async def test_given_a_failing_operation_in_a_group_then_only_it_fails_and_the_group_reruns_with_savepoints(

@@ -31,7 +31,14 @@ Design
       large, or has no size given), they queue for the writer thread, which joins whatever is
       waiting into one group, so busy periods keep group commit.
     * Checkpoints of the WAL run on their own thread and connection (``PASSIVE``: they never
-      block the writer), never inside a commit.
+      block the writer), never inside a commit. SQLite writes the WAL from its start again only
+      when a transaction begins after a checkpoint copied all of it; a writer that never pauses
+      (a long drain) never lets that happen, and the file grows with every page written. Past
+      WAL_LIMIT_BYTES the checkpoint is a ``RESTART`` instead, taken between two of the
+      writer's groups (under its lock): it holds writes back for the little the passive ones
+      left to copy and for readers to move to the database file (at most RESTART_WAIT_MS, else
+      it tries again later), and the next write starts the WAL over, cut back to
+      WAL_LIMIT_BYTES (``journal_size_limit``).
 """
 
 from __future__ import annotations
@@ -181,6 +188,11 @@ INLINE_ITEMS = 1024               # the most jobs the operations of one turn may
 INLINE_OPS = 8                    # the most operations of one turn of the loop run inline
 CHECKPOINT_EVERY = 0.5            # seconds between looks at the WAL's size
 CHECKPOINT_BYTES = 32 * 1024 * 1024
+# Past this size the WAL is restarted from its beginning (see _Checkpointer), which a writer
+# that never pauses would otherwise never do: under a steady load the file grew by the size of
+# every page written (about 4 kB a job), hundreds of megabytes a minute.
+WAL_LIMIT_BYTES = 4 * CHECKPOINT_BYTES
+RESTART_WAIT_MS = 200             # how long a restarting checkpoint may wait for the writer and readers
 
 Event = tuple[str, str | None, str | None, dict[str, Any]]   # kind, queue, job_id, new_val
 
@@ -356,6 +368,7 @@ def _connect(path: str) -> sqlite3.Connection:
     conn.execute("PRAGMA cache_size=-65536")
     conn.execute("PRAGMA temp_store=MEMORY")
     conn.execute("PRAGMA wal_autocheckpoint=0")   # the checkpointer thread does it, off the commit path
+    conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")   # the WAL's size once it starts over
     return conn
 
 
@@ -555,11 +568,13 @@ class _Writer(threading.Thread):
 class _Checkpointer(threading.Thread):
     """Copies the WAL back into the database file from its own connection (``PASSIVE``:
     never waits for, nor blocks, the writer and readers) whenever it has grown past
-    CHECKPOINT_BYTES, so that no commit ever pays for a checkpoint."""
+    CHECKPOINT_BYTES, so that no commit ever pays for a checkpoint; past WAL_LIMIT_BYTES with a
+    ``RESTART``, so that the WAL starts over (see the module docstring)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, writer_lock: threading.Lock) -> None:
         super().__init__(name="tqueues-sqlite-checkpoint", daemon=True)
         self.path = path
+        self.writer_lock = writer_lock
         self.stopped = threading.Event()
 
     def run(self) -> None:
@@ -568,13 +583,24 @@ class _Checkpointer(threading.Thread):
         try:
             while not self.stopped.wait(CHECKPOINT_EVERY):
                 try:
-                    if os.path.getsize(wal) < CHECKPOINT_BYTES and not self.stopped.is_set():
-                        continue
+                    size = os.path.getsize(wal)
                 except OSError:
                     continue
+                if size < CHECKPOINT_BYTES and not self.stopped.is_set():
+                    continue
                 try:
-                    conn = conn or _connect(self.path)
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    if conn is None:
+                        conn = _connect(self.path)
+                        conn.execute(f"PRAGMA busy_timeout={RESTART_WAIT_MS}")
+                    if size < WAL_LIMIT_BYTES:
+                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    else:
+                        # Between two of this dispatcher's transactions (its writer back to back
+                        # would leave SQLite's busy handler no gap to find). One that cannot
+                        # finish in time (readers, another process) answers busy: the next look
+                        # tries again.
+                        with self.writer_lock:
+                            conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
                 except sqlite3.Error as exc:
                     log.warning("sqlite checkpoint failed: %s", exc)
         finally:
@@ -627,7 +653,7 @@ class SQLiteStore(Store):
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open sqlite database {self.path}: {exc}") from None
         self._writer.start()
-        self._checkpointer = _Checkpointer(self.path)
+        self._checkpointer = _Checkpointer(self.path, self._writer.lock)
         self._checkpointer.start()
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tqueues-sqlite-reader")
 
