@@ -34,9 +34,9 @@ Design
       block the writer), never inside a commit. SQLite writes the WAL from its start again only
       when a transaction begins after a checkpoint copied all of it; a writer that never pauses
       (a long drain) never lets that happen, and the file grows with every page written. Past
-      WAL_LIMIT_BYTES the checkpoint is a ``RESTART`` instead, taken between two of the
-      writer's groups (under its lock): it holds writes back for the little the passive ones
-      left to copy and for readers to move to the database file (at most RESTART_WAIT_MS, else
+      WAL_LIMIT_BYTES of frames the passive checkpoint is followed by a ``RESTART``, taken
+      between two of the writer's groups (under its lock): it holds writes back for the little
+      the passive one left to copy and for readers to move to the database file (at most RESTART_WAIT_MS, else
       it tries again later), and the next write starts the WAL over, cut back to
       WAL_LIMIT_BYTES (``journal_size_limit``).
 """
@@ -579,6 +579,7 @@ class _Checkpointer(threading.Thread):
 
     def run(self) -> None:
         conn: sqlite3.Connection | None = None
+        frame = 0   # bytes of a WAL frame: a page and its header
         wal = self.path + "-wal"
         try:
             while not self.stopped.wait(CHECKPOINT_EVERY):
@@ -592,13 +593,14 @@ class _Checkpointer(threading.Thread):
                     if conn is None:
                         conn = _connect(self.path)
                         conn.execute(f"PRAGMA busy_timeout={RESTART_WAIT_MS}")
-                    if size < WAL_LIMIT_BYTES:
-                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                    else:
+                        frame = conn.execute("PRAGMA page_size").fetchone()[0] + 24
+                    # The file's size says what the WAL once held; this says what it holds now.
+                    _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    if frames * frame >= WAL_LIMIT_BYTES:
                         # Between two of this dispatcher's transactions (its writer back to back
-                        # would leave SQLite's busy handler no gap to find). One that cannot
-                        # finish in time (readers, another process) answers busy: the next look
-                        # tries again.
+                        # would leave SQLite's busy handler no gap to find), after the passive
+                        # one copied nearly all. One that cannot finish in time (readers,
+                        # another process) answers busy: the next look tries again.
                         with self.writer_lock:
                             conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
                 except sqlite3.Error as exc:
