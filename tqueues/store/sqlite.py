@@ -33,12 +33,12 @@ Design
     * Checkpoints of the WAL run on their own thread and connection (``PASSIVE``: they never
       block the writer), never inside a commit. SQLite writes the WAL from its start again only
       when a transaction begins after a checkpoint copied all of it; a writer that never pauses
-      (a long drain) never lets that happen, and the file grows with every page written. Past
-      WAL_LIMIT_BYTES of frames the passive checkpoint is followed by a ``RESTART``, taken
-      between two of the writer's groups (under its lock): it holds writes back for the little
-      the passive one left to copy and for readers to move to the database file (at most RESTART_WAIT_MS, else
-      it tries again later), and the next write starts the WAL over, cut back to
-      WAL_LIMIT_BYTES (``journal_size_limit``).
+      (a long drain) never lets that happen, and the file grows with every page written. Once
+      the WAL holds WAL_LIMIT_BYTES of frames, the passive checkpoint is followed by a
+      ``RESTART``, taken between two of the writer's groups (under its lock): it holds writes
+      back for the little the passive one left to copy and for readers to move to the database
+      file (at most RESTART_WAIT_MS, else it tries again later), and the next write starts the
+      WAL over, cut back to WAL_LIMIT_BYTES (``journal_size_limit``).
 """
 
 from __future__ import annotations
@@ -188,11 +188,11 @@ INLINE_ITEMS = 1024               # the most jobs the operations of one turn may
 INLINE_OPS = 8                    # the most operations of one turn of the loop run inline
 CHECKPOINT_EVERY = 0.5            # seconds between looks at the WAL's size
 CHECKPOINT_BYTES = 32 * 1024 * 1024
-# Past this size the WAL is restarted from its beginning (see _Checkpointer), which a writer
-# that never pauses would otherwise never do: under a steady load the file grew by the size of
-# every page written (about 4 kB a job), hundreds of megabytes a minute.
+# Once the WAL holds this much, it is restarted from its beginning (see _Checkpointer), which a
+# writer that never pauses would otherwise never do: under a steady load the file grew by the
+# size of every page written (about 4 kB a job), hundreds of megabytes a minute.
 WAL_LIMIT_BYTES = 4 * CHECKPOINT_BYTES
-RESTART_WAIT_MS = 200             # how long a restarting checkpoint may wait for the writer and readers
+RESTART_WAIT_MS = 200             # how long a restarting checkpoint may wait for readers (and another process)
 
 Event = tuple[str, str | None, str | None, dict[str, Any]]   # kind, queue, job_id, new_val
 
