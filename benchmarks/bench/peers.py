@@ -18,7 +18,7 @@ if TYPE_CHECKING:   # pragma: no cover
 
 QUEUE = "bench"
 CONCURRENCY = 16           # coroutine slots per worker process, the same for every async system
-TQ_PREFETCH = 512          # tqueues: jobs leased ahead of free slots, as docs/workers.md advises for jobs under a millisecond
+TQ_PREFETCH = 2048         # tqueues: jobs leased ahead of free slots, as docs/workers.md advises for jobs under a millisecond
 
 
 @dataclass
@@ -234,13 +234,13 @@ def tq_health(url: str) -> bool:
 
 PEERS: list[Peer] = [
     Peer("tqueues-sqlite", "tqueues (this repository)", "sqlite",
-         "dispatcher on SQLite (WAL) + 2 × `tqueues_worker --concurrency 16 --prefetch 512` (coroutine job on the "
+         f"dispatcher on SQLite (WAL) + 2 × `tqueues_worker --concurrency 16 --prefetch {TQ_PREFETCH}` (coroutine job on the "
          "worker loop; the prefetch docs/workers.md recommends for jobs under a millisecond); "
          "producer → dispatcher → workers over real connections: `Client.enqueue` over its enqueue websocket "
          "(the client's default), batches (`enqueue_many(documents=False)`: answered with ids, as PgQueuer's are) "
          "and claims over HTTP", has_batch=True, tqueues=True),
     Peer("tqueues-postgres", "tqueues (this repository)", "postgres",
-         "dispatcher on PostgreSQL (`--pool-size 10`) + 2 × `tqueues_worker --concurrency 16 --prefetch 512`; "
+         f"dispatcher on PostgreSQL (`--pool-size 10`) + 2 × `tqueues_worker --concurrency 16 --prefetch {TQ_PREFETCH}`; "
          "connections as above",
          has_batch=True, tqueues=True),
     Peer("celery", "celery[redis]", "redis",
