@@ -99,3 +99,26 @@ async def test_given_prefetch_0_then_a_busy_worker_leaves_queued_jobs_to_an_idle
         first_done = await client.get(first["id"])
     assert done["status"] == "finished" and done["worker"] != first_done["worker"]
     assert first_done["status"] in ("started", "finished")
+
+
+async def test_given_a_prefetch_past_two_full_claims_then_each_claim_takes_a_thousand_once_the_worker_ran_all_it_held(
+        cluster: Cluster) -> None:
+    url = cluster.start_dispatcher()
+    async with Client(url) as client:
+        # Given 2,500 jobs queued before a worker with --prefetch 2048 starts (one claim leases
+        # at most 1,000, so half the buffer is never free while it holds a job)
+        for low in range(0, 2500, 500):
+            await client.enqueue_many([{"queue": "big", "method": "support.jobs:claim_stamp", "args": [cluster.ledger]}
+                                       for _ in range(low, low + 500)])
+        cluster.worker("big", "--prefetch", "2048", concurrency=4)
+        wait_for(lambda: len(cluster.ledger_lines()) >= 2500, 60, "the jobs did not all run")
+    # Then the jobs came in three claims (those of one claim share its time) of 1,000, 1,000
+    # and the 500 left: full ones, not refills of the buffer
+    claims: dict[float, list[float]] = {}
+    for _, claimed, ran in cluster.ledger_lines():
+        claims.setdefault(float(claimed), []).append(float(ran))
+    order = sorted(claims)
+    assert [len(claims[at]) for at in order] == [1000, 1000, 500]
+    # And each claim went out only once every job of the one before had run
+    for before, after in zip(order, order[1:]):
+        assert max(claims[before]) <= after, "a claim was made while jobs of the previous one still waited"

@@ -30,6 +30,11 @@ def record_plain(ledger: str, value: Any, tq_parent_job: Any = None) -> Any:
     return value
 
 
+async def claim_stamp(ledger: str, tq_parent_job: Any = None) -> None:
+    """Records when its claim leased it (the document's ``started_at``) and when it ran."""
+    append(ledger, f"stamp {tq_parent_job.doc['started_at']!r} {time.time()!r}")
+
+
 async def slow_record(ledger: str, seconds: float, tq_parent_job: Any = None) -> str:
     """Records its start, then sleeps: a job to be caught in flight."""
     append(ledger, f"start {tq_parent_job.id} {tq_parent_job.attempt} {os.getpid()}")
