@@ -78,12 +78,15 @@ def compile_sources() -> None:
     PYTHONDONTWRITEBYTECODE (nothing written into the tree while measuring), and tqueues,
     installed editable from this repository, would otherwise be compiled from source at
     every start of a worker or producer, a cost no peer pays. Files already compiled are
-    skipped; a changed source is compiled again."""
+    skipped; a changed source is compiled again. A failure only costs those starts."""
     for name in PACKAGES:
         python = VENVS / name / "bin" / "python"
         if python.exists():
-            subprocess.run([str(python), "-m", "compileall", "-q", str(REPO / "tqueues"), str(HERE / "bench")],
-                           check=False, stdout=subprocess.DEVNULL, timeout=300)
+            try:
+                subprocess.run([str(python), "-m", "compileall", "-q", str(REPO / "tqueues"), str(HERE / "bench")],
+                               check=False, stdout=subprocess.DEVNULL, timeout=300)
+            except (OSError, subprocess.SubprocessError) as exc:   # slower starts, not a failed run
+                print(f"benchmark: could not byte-compile for {name}: {exc}", file=sys.stderr)
 
 
 def main() -> int:
