@@ -48,11 +48,13 @@ async def test_given_auto_prefetch_and_jobs_slower_than_a_claim_then_the_buffer_
         server: Server, tmp_path: Path) -> None:
     ledger = str(tmp_path / "ledger")
     async with Client(server.url) as client:
-        await client.enqueue_many([{"queue": "pslow", "method": "support.jobs:slow_record", "args": [ledger, 0.05]}
-                                   for _ in range(24)], documents=False)
+        await client.enqueue_many([{"queue": "pslow", "method": "support.jobs:slow_record", "args": [ledger, 0.25]}
+                                   for _ in range(12)], documents=False)
         worker = Worker(server.url, "pslow", modules=["support.jobs"], concurrency=2, prefetch="auto", wait=1)
-        await run_until_done(client, worker, 24)
-        # Each claim came back with the buffered job still waiting: nothing to grow for.
+        await run_until_done(client, worker, 12)
+        # Each claim came back with the buffered job still waiting: nothing to grow for. (Jobs of
+        # a quarter second: a claim slower than a job, which a loaded machine can give with jobs
+        # of 50 ms, rightly doubles the buffer.)
         assert worker.prefetch == 2
 
 
