@@ -18,6 +18,7 @@ setup(
         "orjson>=3.9",
         "docopt-ng>=0.9",
         "asyncpg>=0.30",
+        "uvloop>=0.19; sys_platform != 'win32' and platform_python_implementation == 'CPython'",
     ],
     extras_require={
         "rethinkdb": [

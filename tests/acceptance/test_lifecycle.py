@@ -42,6 +42,11 @@ async def test_given_two_worker_processes_when_1000_jobs_flow_then_each_finishes
     url = cluster.start_dispatcher()
     workers = [cluster.worker("bulk", concurrency=4) for _ in range(2)]
     async with Client(url) as client:
+        # (both serving: one worker alone can run the 1,000 before the other has started)
+        deadline = time.monotonic() + 30
+        while len([w for w in await client.workers() if w["queues"] == ["bulk"]]) < 2:
+            assert time.monotonic() < deadline, "the workers never registered"
+            await asyncio.sleep(0.02)
         # When 1,000 jobs are enqueued (in batches, as a producer would)
         jobs = await client.enqueue_many(
             [{"queue": "bulk", "method": RECORD, "args": [cluster.ledger, i]} for i in range(1000)], chunk=250)

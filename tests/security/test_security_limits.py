@@ -165,7 +165,10 @@ async def test_with_debug_logging_canary_secrets_appear_nowhere_in_the_logs(tmp_
         logs = worker.output() + proc.output()
         worker.close()
         proc.close()
-    assert "DEBUG" in logs   # debug logging really was on
+    # Debug logging really was on, in both processes, and the dispatcher's names the store's URL
+    # with its password masked
+    assert "DEBUG tqueues.worker: <Job " in logs
+    assert f"DEBUG tqueues.dispatcher: store postgresql://{parts.username}:***@" in logs
     for canary in (dsn_secret, kwarg_secret, admin, worker_token, worker_token.split("_", 2)[-1]):   # tq_<id>_<secret>
         assert canary not in logs
 

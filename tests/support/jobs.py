@@ -171,3 +171,8 @@ async def own_timeout(seconds: float) -> str:
     except TimeoutError:
         return "timed out"
     return "slept 30 s"
+
+
+async def loop_name() -> str:
+    """The event loop the worker runs its coroutine jobs on: "uvloop" or "asyncio"."""
+    return type(asyncio.get_running_loop()).__module__.partition(".")[0]

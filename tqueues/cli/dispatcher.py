@@ -57,7 +57,8 @@ from aiohttp import web
 from ..dispatcher import Settings, create_app
 from ..dispatcher.app import HUB
 from ..store import open_store
-from .common import UsageError, loglevel, number, parse, quiet_gc, run, setup_logging
+from ..store.base import redact
+from .common import UsageError, loglevel, number, parse, quiet_gc, run, run_loop, setup_logging
 
 PROG = "tqueues_dispatcher"
 log = logging.getLogger("tqueues.dispatcher")
@@ -154,6 +155,7 @@ async def serve(url: str, settings: Settings, host: str, port: int, access_log: 
                 tls: ssl.SSLContext | None = None, exposure: str | None = None) -> None:
     store = open_store(url, pool_size=pool_size)
     await store.open()
+    log.debug("store %s open; event loop %s", redact(url), type(asyncio.get_running_loop()).__module__)
     try:
         app = create_app(store, settings)
     except BaseException:
@@ -197,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         exposure = check_exposure(host, settings, args["--insecure"])
         tls = tls_context(args)
         pool_size = number(args, "--pool-size", minimum=2, integer=True)
-        asyncio.run(serve(url, settings, host, port, args["--access-log"], pool_size, tls, exposure))
+        run_loop(lambda: serve(url, settings, host, port, args["--access-log"], pool_size, tls, exposure))
         return 0
 
     return run(PROG, go)

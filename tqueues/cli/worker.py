@@ -37,11 +37,11 @@ import asyncio
 import os
 import signal
 import sys
-from typing import Any, Coroutine, Sequence
+from typing import Any, Callable, Coroutine, Sequence
 
 from ..worker import Worker
 from ..worker.worker import AUTO
-from .common import UsageError, loglevel, number, parse, quiet_gc, run, setup_logging
+from .common import UsageError, loglevel, new_event_loop, number, parse, quiet_gc, run, setup_logging
 
 PROG = "tqueues_worker"
 
@@ -78,13 +78,13 @@ async def serve(worker: Worker) -> None:
     await worker.run_forever()
 
 
-def run_until_stopped(main: Coroutine[Any, Any, None]) -> None:
-    """``asyncio.run(main)``, except that a function the worker abandoned (a coroutine that
+def run_until_stopped(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """``asyncio.run(main())`` on :func:`new_event_loop`, except that a function the worker abandoned (a coroutine that
     ignored cancellation past its stop grace) does not keep the process from exiting:
     asyncio.run would wait for it forever."""
-    loop = asyncio.new_event_loop()
+    loop = new_event_loop()
     try:
-        loop.run_until_complete(main)
+        loop.run_until_complete(main())
         leftover = asyncio.all_tasks(loop)
         for task in leftover:
             task.cancel()
@@ -104,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def go() -> int:
         setup_logging(loglevel(args))
         worker = build(args)
-        run_until_stopped(serve(worker))
+        run_until_stopped(lambda: serve(worker))
         return 0
 
     return run(PROG, go)

@@ -748,7 +748,9 @@ async def me(request: web.Request) -> web.Response:
 
 async def health(request: web.Request) -> web.Response:
     store, _, hub = app_state(request)
-    return json_response({"ok": True, "version": __version__, "store": store.scheme, "events_seen": hub.events_seen})
+    loop = type(asyncio.get_running_loop()).__module__.partition(".")[0]   # "uvloop" or "asyncio"
+    return json_response({"ok": True, "version": __version__, "store": store.scheme, "loop": loop,
+                          "events_seen": hub.events_seen})
 
 
 ROUTES = [

@@ -290,6 +290,8 @@ class Worker:
             await self.close()
 
     def _take(self, docs: list[dict[str, Any]]) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("claimed %d job(s) (%d running, %d buffered)", len(docs), len(self._running), len(self._ready))
         if self.auto_prefetch:
             self._adapt_prefetch(len(docs))
         for doc in docs:
@@ -399,6 +401,8 @@ class Worker:
             self._outcome_ready.set()
 
     def _report(self, job: Job, outcome: dict[str, Any]) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s %s", job, outcome["status"])
         self._outcomes.append((job, outcome))
         self._outcome_ready.set()
 

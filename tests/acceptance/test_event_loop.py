@@ -1,0 +1,85 @@
+"""The event loop under the dispatcher and the workers: uvloop where it is installed (a
+dependency on Linux and macOS), the standard library's when TQUEUES_LOOP=asyncio asks for it."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+from acceptance.conftest import Cluster
+from support.procs import env
+
+from tqueues import Client
+from tqueues.cli.common import UsageError, new_event_loop
+
+HAS_UVLOOP = importlib.util.find_spec("uvloop") is not None
+
+
+def health(url: str) -> dict[str, object]:
+    with urllib.request.urlopen(url + "api/v1/health", timeout=5) as answer:
+        return dict(json.loads(answer.read()))
+
+
+async def loop_of_a_job(url: str) -> str:
+    async with Client(url) as client:
+        job = await client.enqueue("support.jobs:loop_name", queue="loops")
+        done = await client.wait(job["id"], timeout=30)
+    assert done["status"] == "finished", done
+    return str(done["result"])
+
+
+@pytest.mark.skipif(not HAS_UVLOOP, reason="uvloop is not installed on this platform")
+async def test_given_uvloop_installed_then_the_dispatcher_and_the_workers_run_on_it(cluster: Cluster) -> None:
+    url = cluster.start_dispatcher()
+    cluster.worker("loops")
+    assert health(url)["loop"] == "uvloop"
+    assert await loop_of_a_job(url) == "uvloop"
+
+
+async def test_given_tqueues_loop_asyncio_then_both_run_on_the_standard_loop_and_jobs_flow(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TQUEUES_LOOP", "asyncio")
+    url = cluster.start_dispatcher()
+    cluster.worker("loops")
+    assert health(url)["loop"] == "asyncio"
+    assert await loop_of_a_job(url) == "asyncio"
+
+
+@pytest.mark.parametrize("module, extra", [
+    ("tqueues.cli.dispatcher", ["--bind", "127.0.0.1:1"]),
+    ("tqueues.cli.worker", ["--endpoint_url", "http://127.0.0.1:1/", "--queue", "q"]),
+])
+def test_given_an_unknown_tqueues_loop_then_the_process_says_so_in_one_line(
+        module: str, extra: list[str], tmp_path: Path) -> None:
+    environ = {**env(), "TQUEUES_LOOP": "tokio"}
+    extra = [*extra, "--db", f"sqlite:///{tmp_path / 'x.db'}"] if module.endswith("dispatcher") else extra
+    result = subprocess.run([sys.executable, "-m", module, *extra], capture_output=True, text=True,
+                            timeout=60, env=environ)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"{module.rpartition('.')[2].join(['tqueues_', ''])}: error: TQUEUES_LOOP must be uvloop or asyncio, not 'tokio'"]
+
+
+def test_new_event_loop_follows_tqueues_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TQUEUES_LOOP", "asyncio")
+    loop = new_event_loop()
+    try:
+        assert type(loop).__module__.startswith("asyncio")
+    finally:
+        loop.close()
+    monkeypatch.delenv("TQUEUES_LOOP")
+    loop = new_event_loop()
+    try:
+        assert type(loop).__module__.partition(".")[0] == ("uvloop" if HAS_UVLOOP else "asyncio")
+        assert loop.run_until_complete(asyncio.sleep(0, "ran")) == "ran"
+    finally:
+        loop.close()
+    monkeypatch.setenv("TQUEUES_LOOP", "Tokio ")
+    with pytest.raises(UsageError, match="TQUEUES_LOOP must be uvloop or asyncio, not 'tokio'"):
+        new_event_loop()
