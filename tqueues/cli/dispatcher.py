@@ -155,7 +155,8 @@ async def serve(url: str, settings: Settings, host: str, port: int, access_log: 
                 tls: ssl.SSLContext | None = None, exposure: str | None = None) -> None:
     store = open_store(url, pool_size=pool_size)
     await store.open()
-    log.debug("store %s open; event loop %s", redact(url), type(asyncio.get_running_loop()).__module__)
+    log.debug("store %s open; event loop %s", redact(url),
+              type(asyncio.get_running_loop()).__module__.partition(".")[0])
     try:
         app = create_app(store, settings)
     except BaseException:

@@ -79,9 +79,9 @@ async def serve(worker: Worker) -> None:
 
 
 def run_until_stopped(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    """``asyncio.run(main())`` on :func:`new_event_loop`, except that a function the worker abandoned (a coroutine that
-    ignored cancellation past its stop grace) does not keep the process from exiting:
-    asyncio.run would wait for it forever."""
+    """``asyncio.run(main())`` on :func:`new_event_loop`, except that a function the worker
+    abandoned (a coroutine that ignored cancellation past its stop grace) does not keep the
+    process from exiting: asyncio.run would wait for it forever."""
     loop = new_event_loop()
     try:
         loop.run_until_complete(main())
