@@ -4,7 +4,7 @@
 This file only prepares the virtual environments (``benchmarks/.venv-peers/``: ``main`` with
 tqueues from this repository and most peers; ``arq`` and ``taskiq`` apart, because their
 redis client pins conflict with Celery's), then runs the harness (:mod:`bench.main`) inside ``main``. It installs
-again only when the package list below changes. A package that fails to install is noted, and
+again only when the package list below or tqueues' setup.py changes. A package that fails to install is noted, and
 its system is reported as failed in the results while the others run.
 """
 
@@ -42,12 +42,19 @@ def last_line(text: str) -> str:
     return (errors or lines or ["unknown error"])[-1][:160]
 
 
+def install_stamp(packages: list[str], editable_repo: bool) -> str:
+    """What an environment was made from: its packages, the Python, and with tqueues from this
+    repository its setup.py, so that a new dependency of tqueues installs again."""
+    wanted = packages + (["-e", str(REPO)] if editable_repo else [])
+    setup = (REPO / "setup.py").read_bytes() if editable_repo else b""
+    return hashlib.sha256(json.dumps(wanted).encode() + sys.version.encode() + setup).hexdigest()
+
+
 def ensure(name: str, packages: list[str], editable_repo: bool) -> dict[str, str]:
     """Create or update one virtual environment; the packages that failed, with why."""
     target = VENVS / name
     python = target / "bin" / "python"
-    wanted = packages + (["-e", str(REPO)] if editable_repo else [])
-    stamp_value = hashlib.sha256(json.dumps(wanted).encode() + sys.version.encode()).hexdigest()
+    stamp_value = install_stamp(packages, editable_repo)
     stamp = target / ".bench-stamp"
     failures: dict[str, str] = {}
     if python.exists() and stamp.exists() and stamp.read_text() == stamp_value:

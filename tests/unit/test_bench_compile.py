@@ -1,5 +1,6 @@
 """The benchmark harness byte-compiles tqueues and its own modules for every environment's Python
-before measuring, although its processes run with PYTHONDONTWRITEBYTECODE."""
+before measuring, although its processes run with PYTHONDONTWRITEBYTECODE; and it installs an
+environment again when what it was made from changed."""
 
 from __future__ import annotations
 
@@ -44,3 +45,18 @@ def test_given_sources_without_bytecode_when_the_harness_prepares_then_each_modu
     tag = sys.implementation.cache_tag
     for source in sources:
         assert (source.parent / "__pycache__" / f"{source.stem}.{tag}.pyc").is_file(), source
+
+
+def test_given_a_new_dependency_in_setup_py_then_the_harness_installs_its_environment_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = _load_run()
+    stamp = run.install_stamp  # type: ignore[attr-defined]
+    monkeypatch.setattr(run, "REPO", tmp_path)
+    (tmp_path / "setup.py").write_text('install_requires=["aiohttp>=3.9"]\n')
+    main, apart = stamp(["redis"], editable_repo=True), stamp(["arq"], editable_repo=False)
+    (tmp_path / "setup.py").write_text('install_requires=["aiohttp>=3.9", "uvloop>=0.19"]\n')
+    # The environment with tqueues is made again; one without it is not
+    assert stamp(["redis"], editable_repo=True) != main
+    assert stamp(["arq"], editable_repo=False) == apart
+    # And a changed package list makes one again too
+    assert stamp(["redis", "rq"], editable_repo=True) != stamp(["redis"], editable_repo=True)
