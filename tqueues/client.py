@@ -18,6 +18,7 @@ import aiohttp
 
 from . import models, wire
 from .errors import ClientError, ConfigurationError, JobFailed, error_from
+from .loops import new_event_loop
 
 T = TypeVar("T")
 
@@ -510,10 +511,11 @@ class EventFeed:
 
 
 class SyncClient:
-    """The same calls as :class:`Client`, blocking; runs its own event loop in a thread."""
+    """The same calls as :class:`Client`, blocking; runs its own event loop in a thread (uvloop
+    where it is installed, see :mod:`tqueues.loops`)."""
 
     def __init__(self, endpoint_url: str = DEFAULT_URL, **options: Any) -> None:
-        self._loop = asyncio.new_event_loop()
+        self._loop = new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="tqueues-client", daemon=True)
         self._thread.start()
         self._client = Client(endpoint_url, **options)

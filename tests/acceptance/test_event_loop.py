@@ -1,5 +1,6 @@
-"""The event loop under the dispatcher and the workers: uvloop where it is installed (a
-dependency on Linux and macOS), the standard library's when TQUEUES_LOOP=asyncio asks for it."""
+"""The event loop under the dispatcher, the workers and a SyncClient's thread: uvloop where it is
+installed (a dependency on Linux and macOS), the standard library's when TQUEUES_LOOP=asyncio
+asks for it."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from acceptance.conftest import Cluster
 from support.procs import env
 
 from tqueues import Client
-from tqueues.cli.common import UsageError, new_event_loop
+from tqueues.client import SyncClient
+from tqueues.errors import ConfigurationError
+from tqueues.loops import new_event_loop
 
 HAS_UVLOOP = importlib.util.find_spec("uvloop") is not None
 
@@ -61,7 +64,7 @@ def test_given_an_unknown_tqueues_loop_then_the_process_says_so_in_one_line(
     extra = [*extra, "--db", f"sqlite:///{tmp_path / 'x.db'}"] if module.endswith("dispatcher") else extra
     result = subprocess.run([sys.executable, "-m", module, *extra], capture_output=True, text=True,
                             timeout=60, env=environ)
-    assert result.returncode == 2
+    assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"{module.rpartition('.')[2].join(['tqueues_', ''])}: error: TQUEUES_LOOP must be uvloop or asyncio, not 'tokio'"]
 
@@ -81,5 +84,19 @@ def test_new_event_loop_follows_tqueues_loop(monkeypatch: pytest.MonkeyPatch) ->
     finally:
         loop.close()
     monkeypatch.setenv("TQUEUES_LOOP", "Tokio ")
-    with pytest.raises(UsageError, match="TQUEUES_LOOP must be uvloop or asyncio, not 'tokio'"):
+    with pytest.raises(ConfigurationError, match="TQUEUES_LOOP must be uvloop or asyncio, not 'tokio'"):
         new_event_loop()
+
+
+def test_given_a_sync_client_then_its_thread_runs_the_same_loop_and_it_enqueues(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = cluster.start_dispatcher()
+    for choice, expected in (("", "uvloop" if HAS_UVLOOP else "asyncio"), ("asyncio", "asyncio")):
+        monkeypatch.setenv("TQUEUES_LOOP", choice)
+        with SyncClient(url) as client:
+            assert type(client._loop).__module__.partition(".")[0] == expected
+            job = client.enqueue("support.jobs:echo", 7, queue="sync-loop")
+            assert client.get(job["id"])["status"] == "pending"
+    monkeypatch.setenv("TQUEUES_LOOP", "tokio")
+    with pytest.raises(ConfigurationError, match="TQUEUES_LOOP"):
+        SyncClient(url)

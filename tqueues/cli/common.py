@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 import math
-import os
 import sys
-from typing import Any, Callable, Coroutine, NoReturn, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 from docopt import DocoptExit, docopt
 
@@ -54,49 +52,6 @@ def loglevel(args: dict[str, Any]) -> int:
     if level not in LOGLEVELS:
         raise UsageError(f"--loglevel must be one of {', '.join(LOGLEVELS)}")
     return getattr(logging, level)
-
-
-LOOP_ENV = "TQUEUES_LOOP"     # "asyncio" keeps the standard library's event loop
-
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """The event loop a tqueues process runs on: uvloop where it is installed (a dependency on
-    Linux and macOS; every socket read, write and timer of the dispatcher and the workers
-    costs less on it), unless TQUEUES_LOOP=asyncio asks for the standard library's loop."""
-    choice = os.environ.get(LOOP_ENV, "").strip().lower()
-    if choice not in ("", "uvloop", "asyncio"):
-        raise UsageError(f"{LOOP_ENV} must be uvloop or asyncio, not {choice!r}")
-    if choice != "asyncio":
-        try:
-            import uvloop
-        except ImportError:
-            if choice == "uvloop":
-                raise UsageError(f"{LOOP_ENV}=uvloop, but uvloop is not installed") from None
-        else:
-            return uvloop.new_event_loop()
-    return asyncio.new_event_loop()
-
-
-def run_loop(main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
-    """``asyncio.run(main())`` on :func:`new_event_loop` (the coroutine is made once the loop is)."""
-    if sys.version_info >= (3, 11):
-        with asyncio.Runner(loop_factory=new_event_loop) as runner:
-            return runner.run(main())
-    loop = new_event_loop()   # Python 3.10: asyncio.run's steps, on this loop
-    try:
-        asyncio.set_event_loop(loop)
-        return loop.run_until_complete(main())
-    finally:
-        try:
-            tasks = asyncio.all_tasks(loop)
-            for task in tasks:
-                task.cancel()
-            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.run_until_complete(loop.shutdown_default_executor())
-        finally:
-            asyncio.set_event_loop(None)
-            loop.close()
 
 
 def quiet_gc() -> None:

@@ -58,7 +58,8 @@ from ..dispatcher import Settings, create_app
 from ..dispatcher.app import HUB
 from ..store import open_store
 from ..store.base import redact
-from .common import UsageError, loglevel, number, parse, quiet_gc, run, run_loop, setup_logging
+from ..loops import run_loop
+from .common import UsageError, loglevel, number, parse, quiet_gc, run, setup_logging
 
 PROG = "tqueues_dispatcher"
 log = logging.getLogger("tqueues.dispatcher")

@@ -41,7 +41,8 @@ from typing import Any, Callable, Coroutine, Sequence
 
 from ..worker import Worker
 from ..worker.worker import AUTO
-from .common import UsageError, loglevel, new_event_loop, number, parse, quiet_gc, run, setup_logging
+from ..loops import new_event_loop
+from .common import UsageError, loglevel, number, parse, quiet_gc, run, setup_logging
 
 PROG = "tqueues_worker"
 
