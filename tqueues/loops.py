@@ -36,6 +36,11 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
+def loop_kind(loop: asyncio.AbstractEventLoop | None = None) -> str:
+    """"uvloop" or "asyncio": the package of ``loop`` (the running one by default)."""
+    return type(loop or asyncio.get_running_loop()).__module__.partition(".")[0]
+
+
 def run_loop(main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
     """``asyncio.run(main())`` on :func:`new_event_loop` (the coroutine is made once the loop is)."""
     if sys.version_info >= (3, 11):
@@ -58,4 +63,4 @@ def run_loop(main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
             loop.close()
 
 
-__all__ = ["LOOP_ENV", "new_event_loop", "run_loop"]
+__all__ = ["LOOP_ENV", "loop_kind", "new_event_loop", "run_loop"]

@@ -19,7 +19,7 @@ from support.procs import env
 from tqueues import Client
 from tqueues.client import SyncClient
 from tqueues.errors import ConfigurationError
-from tqueues.loops import new_event_loop
+from tqueues.loops import loop_kind, new_event_loop
 
 HAS_UVLOOP = importlib.util.find_spec("uvloop") is not None
 
@@ -73,13 +73,13 @@ def test_new_event_loop_follows_tqueues_loop(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("TQUEUES_LOOP", "asyncio")
     loop = new_event_loop()
     try:
-        assert type(loop).__module__.startswith("asyncio")
+        assert type(loop).__module__.startswith("asyncio") and loop_kind(loop) == "asyncio"
     finally:
         loop.close()
     monkeypatch.delenv("TQUEUES_LOOP")
     loop = new_event_loop()
     try:
-        assert type(loop).__module__.partition(".")[0] == ("uvloop" if HAS_UVLOOP else "asyncio")
+        assert loop_kind(loop) == ("uvloop" if HAS_UVLOOP else "asyncio")
         assert loop.run_until_complete(asyncio.sleep(0, "ran")) == "ran"
     finally:
         loop.close()
@@ -94,7 +94,7 @@ def test_given_a_sync_client_then_its_thread_runs_the_same_loop_and_it_enqueues(
     for choice, expected in (("", "uvloop" if HAS_UVLOOP else "asyncio"), ("asyncio", "asyncio")):
         monkeypatch.setenv("TQUEUES_LOOP", choice)
         with SyncClient(url) as client:
-            assert type(client._loop).__module__.partition(".")[0] == expected
+            assert loop_kind(client._loop) == expected
             job = client.enqueue("support.jobs:echo", 7, queue="sync-loop")
             assert client.get(job["id"])["status"] == "pending"
     monkeypatch.setenv("TQUEUES_LOOP", "tokio")

@@ -56,9 +56,9 @@ from aiohttp import web
 
 from ..dispatcher import Settings, create_app
 from ..dispatcher.app import HUB
+from ..loops import loop_kind, run_loop
 from ..store import open_store
 from ..store.base import redact
-from ..loops import run_loop
 from .common import UsageError, loglevel, number, parse, quiet_gc, run, setup_logging
 
 PROG = "tqueues_dispatcher"
@@ -156,8 +156,7 @@ async def serve(url: str, settings: Settings, host: str, port: int, access_log: 
                 tls: ssl.SSLContext | None = None, exposure: str | None = None) -> None:
     store = open_store(url, pool_size=pool_size)
     await store.open()
-    log.debug("store %s open; event loop %s", redact(url),
-              type(asyncio.get_running_loop()).__module__.partition(".")[0])
+    log.debug("store %s open; event loop %s", redact(url), loop_kind())
     try:
         app = create_app(store, settings)
     except BaseException:

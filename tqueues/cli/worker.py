@@ -39,9 +39,9 @@ import signal
 import sys
 from typing import Any, Callable, Coroutine, Sequence
 
+from ..loops import new_event_loop
 from ..worker import Worker
 from ..worker.worker import AUTO
-from ..loops import new_event_loop
 from .common import UsageError, loglevel, number, parse, quiet_gc, run, setup_logging
 
 PROG = "tqueues_worker"

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from .. import __version__, models
 from ..errors import InvalidRequest, LeaseConflict, MethodNotRegistered, NotFound
+from ..loops import loop_kind
 from ..store import Outcome, Store
 from ..store.base import grouped
 from . import auth
@@ -748,8 +749,7 @@ async def me(request: web.Request) -> web.Response:
 
 async def health(request: web.Request) -> web.Response:
     store, _, hub = app_state(request)
-    loop = type(asyncio.get_running_loop()).__module__.partition(".")[0]   # "uvloop" or "asyncio"
-    return json_response({"ok": True, "version": __version__, "store": store.scheme, "loop": loop,
+    return json_response({"ok": True, "version": __version__, "store": store.scheme, "loop": loop_kind(),
                           "events_seen": hub.events_seen})
 
 
