@@ -199,12 +199,19 @@ def replot() -> int:
     return 0
 
 
+CPU_PARTS = {"Bcpu_w": "workers", "Bcpu_d": "dispatcher", "Bcpu_s": "PostgreSQL and Redis"}
+
+
 def build_metrics(n: int, size: Sizes) -> dict[str, Metric]:
     return {
         "A1": Metric("A1", "A", f"A. enqueue {n:,} one by one", "jobs/s", True),
         "A2": Metric("A2", "A", f"A. enqueue {n:,} in batches of {workloads.BATCH:,}", "jobs/s", True),
         "B": Metric("B", "B", f"B. drain {n:,} queued, from worker start", "jobs/s", True),
         "Bs": Metric("Bs", "B", f"B. drain {n:,} queued, first start → last done", "jobs/s", True),
+        "Bcpu": Metric("Bcpu", "B", f"B. drain {n:,} queued: CPU per job, every process (workers, dispatcher, "
+                       "PostgreSQL and Redis)", "µs", False),
+        **{key: Metric(key, "B-cpu", f"B. drain {n:,}: CPU per job, {part}", "µs", False, ratios=False)
+           for key, part in CPU_PARTS.items()},
         "Bbig": Metric("Bbig", "B", f"B. drain {size.big_drain:,} queued (tqueues), from worker start", "jobs/s",
                        True, ratios=False),
         "Cp50": Metric("Cp50", "C", f"C. pickup latency p50, {size.latency_jobs} jobs 20 ms apart", "ms", False),
@@ -283,8 +290,9 @@ def main(argv: list[str]) -> int:
                         measure(["A2"], lambda: workloads.enqueue(ctx, peer, n, batch=True), "A batches",
                                 lambda r: [r["rate"]])
                 if "B" in wanted:
-                    measure(["B", "Bs"], lambda: workloads.drain(ctx, peer, n, timeout=240), "B drain",
-                            lambda r: [r["rate"], r["steady"]])
+                    measure(["B", "Bs", "Bcpu", *CPU_PARTS], lambda: workloads.drain(ctx, peer, n, timeout=240),
+                            "B drain", lambda r: [r["rate"], r["steady"], r["cpu"], r["cpu_workers"],
+                                                  r["cpu_dispatcher"], r["cpu_servers"]])
                     if peer.tqueues:
                         measure(["Bbig"], lambda: workloads.drain(ctx, peer, size.big_drain, timeout=600),
                                 f"B drain {size.big_drain:,}", lambda r: [r["rate"]])
@@ -369,11 +377,16 @@ def render(args: argparse.Namespace, size: Sizes, runs: int, chosen: list[Peer],
         out += [heading, ""]
         for metric in shown:
             out += [f"**{metric.title}**", ""] + report.metric_table(metric, order, peer_names) + [""]
+        if section == "B" and metrics["Bcpu"].values:
+            out += [f"**B. drain {size.jobs:,}: where the CPU went** (µs per job, median of the runs; from the "
+                    "workers' spawn to the last completion, their start-up included; PostgreSQL and Redis: "
+                    "every process of the server, whichever the system uses)", ""]
+            out += report.parts_table([metrics[key] for key in CPU_PARTS], list(CPU_PARTS.values()), order) + [""]
     if tq_names and peer_names:
         out += ["## tqueues ÷ fastest peer", "",
                 "Per run, tqueues' figure divided by the best of the other systems in that run; the median "
-                "of those ratios. Rates: above 1 means tqueues is faster. Latencies: below 1 means tqueues "
-                "is faster.", ""]
+                "of those ratios. Rates: above 1 means tqueues is faster. Latencies and CPU per job: below 1 "
+                "means tqueues is faster (uses less).", ""]
         out += report.tq_ratios([m for m in metrics.values() if m.values], tq_names, peer_names) + [""]
     if fan:
         out += [f"## D. Websocket fan-out (tqueues): {size.subscribers:,} subscribers of one queue, "

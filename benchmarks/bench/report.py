@@ -62,8 +62,10 @@ def fmt(value: float, unit: str) -> str:
         return "–"
     if unit == "ms":
         return f"{value:.1f}" if value < 100 else f"{value:,.0f}"
-    if unit == "MiB":
+    if unit == "MiB" or (unit == "µs" and value >= 10):
         return f"{value:,.0f}"
+    if unit == "µs":
+        return f"{value:.1f}"
     if value >= 100:
         return f"{value:,.0f}"
     return f"{value:.2f}"
@@ -89,6 +91,22 @@ def metric_table(metric: Metric, order: Sequence[str], peers_only: Sequence[str]
             ratio = metric.ratio(name, among)
             row += f" {ratio:.2f} |" if ratio is not None else " |"
         lines.append(row)
+    return lines
+
+
+def parts_table(parts: Sequence[Metric], names: Sequence[str], order: Sequence[str]) -> list[str]:
+    """One row per system: the median of each part (metrics of the same runs) and their sum."""
+    lines = ["| system | " + " | ".join(names) + " | total |", "|---|" + "---:|" * (len(names) + 1)]
+    for system in order:
+        if not any(system in part.values for part in parts):
+            continue
+        failure = next((part.failure(system) for part in parts if part.failure(system)), None)
+        meds = [median(part.numbers(system)) if part.numbers(system) else None for part in parts]
+        if any(m is None for m in meds):
+            lines.append(f"| {system} | {failure or 'not measured'} |" + " |" * len(names))
+            continue
+        lines.append(f"| {system} | " + " | ".join(fmt(m, parts[0].unit) for m in meds)   # type: ignore[arg-type]
+                     + f" | {fmt(sum(meds), parts[0].unit)} |")   # type: ignore[arg-type]
     return lines
 
 

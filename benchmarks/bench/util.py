@@ -173,6 +173,67 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (field 3 onwards), None if gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2:].split()
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of a process, all its threads, and the children it has
+    reaped (Linux /proc); 0.0 if it is gone. Counted in clock ticks (1/100 s here)."""
+    fields = _stat(pid)
+    if fields is None:
+        return 0.0
+    utime, stime, cutime, cstime = (int(v) for v in fields[11:15])
+    return (utime + stime + cutime + cstime) / CLOCK_TICKS
+
+
+def _processes() -> list[tuple[int, int, str]]:
+    """(pid, parent pid, command name) of every process now."""
+    out = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            text = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        name = text[text.index("(") + 1:text.rindex(")")]
+        out.append((pid, int(text[text.rindex(")") + 2:].split()[1]), name))
+    return out
+
+
+def tree_cpu(pids: Sequence[int]) -> float:
+    """CPU seconds of the processes ``pids`` and every live descendant of theirs. A child that
+    exited and was reaped within the tree is in its parent's figure (``process_cpu``)."""
+    children: dict[int, list[int]] = {}
+    for pid, parent, _ in _processes():
+        children.setdefault(parent, []).append(pid)
+    total, todo, seen = 0.0, list(pids), set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        total += process_cpu(pid)
+        todo += children.get(pid, [])
+    return total
+
+
+def named_cpu(names: Sequence[str]) -> float:
+    """CPU seconds of every process whose command name is one of ``names`` (a server's
+    processes: PostgreSQL's backends, Redis)."""
+    return sum(process_cpu(pid) for pid, _, name in _processes() if name in names)
+
+
 def say(message: str) -> None:
     """Progress on stderr, so stdout stays free for the final table."""
     print(message, file=sys.stderr, flush=True)

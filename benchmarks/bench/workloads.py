@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .producer import WARMUP
-from .util import SCRATCH, BenchError, last_error_line, percentile
+from .util import SCRATCH, BenchError, last_error_line, named_cpu, percentile, process_cpu, tree_cpu
 
 if TYPE_CHECKING:   # pragma: no cover
     import subprocess
@@ -20,6 +20,7 @@ if TYPE_CHECKING:   # pragma: no cover
     from .peers import Peer
 
 BATCH = 1000     # jobs per batch call, the same for every system with a batch API
+SERVERS = ("postgres", "redis-server")   # command names of the database and broker processes
 
 
 def enqueue(ctx: "Context", peer: "Peer", n: int, batch: bool) -> dict[str, float]:
@@ -65,6 +66,12 @@ def drain(ctx: "Context", peer: "Peer", n: int, timeout: float) -> dict[str, flo
 
     Two figures: ``rate`` counts from the moment the worker processes are spawned (so a slow
     start is part of it), ``steady`` from the first job's start to the last completion.
+
+    And the CPU the drain cost, in microseconds per job, from the same moment to the last
+    completion: ``cpu_workers`` (the worker processes and their children, start-up included),
+    ``cpu_dispatcher`` (tqueues' dispatcher), ``cpu_servers`` (every PostgreSQL and Redis
+    process on the machine), ``cpu`` their sum. Unlike a rate, this hardly moves with what
+    else the machine is doing: it says what each job costs, not how fast the machine was.
     """
     ctx.prepare(peer, "drain")
     workers: list[subprocess.Popen[bytes]] = []
@@ -72,12 +79,19 @@ def drain(ctx: "Context", peer: "Peer", n: int, timeout: float) -> dict[str, flo
         ctx.producer(peer, ["fill", str(n), str(BATCH)], f"{peer.name}-producer", timeout=max(180.0, n / 50))
         if ctx.record.done():
             raise BenchError("jobs ran before any worker started")
+        dispatcher = ctx.tq_proc.pid if ctx.tq_proc is not None else None
+        servers_before = named_cpu(SERVERS)
+        dispatcher_before = process_cpu(dispatcher) if dispatcher else 0.0
         spawned = time.time()
         workers = start_workers(ctx, peer)
         finished = wait_done(ctx, peer, workers, n, timeout)
+        per_job = 1e6 / n
+        cpu = {"cpu_workers": tree_cpu([proc.pid for proc in workers]) * per_job,
+               "cpu_dispatcher": (process_cpu(dispatcher) - dispatcher_before) * per_job if dispatcher else 0.0,
+               "cpu_servers": (named_cpu(SERVERS) - servers_before) * per_job}
         first = min(ctx.record.starts().values())
         return {"rate": n / (finished - spawned), "steady": n / max(finished - first, 1e-6),
-                "seconds": finished - spawned}
+                "seconds": finished - spawned, "cpu": sum(cpu.values()), **cpu}
     finally:
         stop_workers(ctx, workers)
         ctx.finish(peer)
