@@ -83,22 +83,52 @@ async def test_given_an_idle_store_then_a_full_claim_and_its_report_run_on_the_l
     assert (await store.get(jobs[-1]["id"]))["status"] == models.FINISHED
 
 
-async def test_given_writes_of_one_turn_touching_more_than_inline_items_then_the_writer_thread_groups_them(
+async def test_given_writes_of_one_turn_touching_more_than_inline_items_then_they_run_on_the_loop_in_groups(
         store, runs, monkeypatch) -> None:
-    # Given twenty pending jobs and a limit of 8 jobs a turn may touch inline
+    # Given twenty pending jobs and a limit of 8 jobs a group run on the loop may touch
     monkeypatch.setattr(sqlite_store, "INLINE_ITEMS", 8)
     await store.enqueue([spec(n) for n in range(20)])
     del runs[:]
     # When, in one turn, a claim of 5 runs at once and two more claims of 5 follow it
     claims = await asyncio.gather(*(store.claim(["w"], f"worker-{k}", 5, 30.0) for k in range(3)))
-    # Then the first ran inline alone; the other two (10 jobs together) went to the thread as one group
-    assert runs == [-1, 2]
+    # Then the first ran inline alone, and the other two (10 jobs together) each as a group of
+    # its own on the loop, one turn apart, not on the thread
+    assert runs == [-1, -1, -1]
     assert sorted(len(c) for c in claims) == [5, 5, 5]
-    # And a single claim over the limit goes to the thread too
-    assert len(await store.claim(["w"], "worker-9", 9, 30.0)) == 5
-    assert runs == [-1, 2, 1]
+    # And small writes of one turn share a group within the limit: four claims of 2 jobs
+    await store.enqueue([spec(n) for n in range(20, 28)])
+    del runs[:]
+    claims = await asyncio.gather(*(store.claim(["w"], f"worker-2-{k}", 2, 30.0) for k in range(5)))
+    assert runs == [-1, -4]
+    assert sorted(len(c) for c in claims) == [2, 2, 2, 2, 2]
+    # And a single claim over the limit goes to the thread
+    assert len(await store.claim(["w"], "worker-9", 9, 30.0)) == 3
+    assert runs == [-1, -4, 1]
 
 
+async def test_given_an_enqueue_and_the_claims_it_adopted_then_they_share_a_group_however_large(
+        store, runs, monkeypatch) -> None:
+    from tqueues.store.base import grouped
+
+    # Given a limit of 4 jobs a group on the loop may touch
+    monkeypatch.setattr(sqlite_store, "INLINE_ITEMS", 4)
+    await put(store, 0)
+    del runs[:]
+    # When, in one turn, a claim of 1 runs at once, then two grouped blocks each enqueue 3
+    # jobs with a claim of 1 beside them (4 jobs a block: together past the limit)
+    await asyncio.sleep(0)
+    first = asyncio.ensure_future(store.claim(["w"], "worker-0", 1, 30.0))
+    blocks = []
+    for k in range(2):
+        with grouped():
+            blocks.append((asyncio.ensure_future(store.enqueue([spec(n) for n in (10 * k + 1, 10 * k + 2, 10 * k + 3)])),
+                           asyncio.ensure_future(store.claim(["w"], f"worker-{k + 1}", 1, 30.0))))
+    await first
+    for enqueued, claim in blocks:
+        await enqueued
+        assert len(await claim) == 1
+    # Then each block was one transaction (the enqueue and its claim), on the loop
+    assert runs == [-1, -2, -2]
 async def test_given_concurrent_enqueues_then_they_share_commits(store, groups) -> None:
     # When 200 enqueues are made at once
     jobs = await asyncio.gather(*(put(store, i) for i in range(200)))
@@ -388,3 +418,85 @@ async def test_given_the_inline_runner_itself_fails_then_each_write_of_the_turn_
     # Then every one of them fails as the database being unavailable, none waits forever
     assert [type(o) for o in outcomes] == [StoreUnavailable] * 3
     assert all("disk vanished" in str(o) for o in outcomes)
+
+
+def hold_the_thread(store) -> tuple["asyncio.Future", "threading.Event"]:
+    """A write of no given size (the writer thread's), which keeps the thread busy until the
+    returned event is set."""
+    import threading
+
+    release = threading.Event()
+
+    def held(tx):
+        assert release.wait(30)
+
+    return asyncio.ensure_future(store._write(held)), release
+
+
+async def test_given_the_writer_thread_busy_then_the_turns_that_follow_wait_and_run_on_the_loop_joined(
+        store, runs, monkeypatch) -> None:
+    # Given twenty pending jobs, a limit of 8 jobs a turn may touch inline, and the thread held
+    monkeypatch.setattr(sqlite_store, "INLINE_ITEMS", 8)
+    await store.enqueue([spec(n) for n in range(20)])
+    del runs[:]
+    holder, release = hold_the_thread(store)
+    await asyncio.sleep(0.05)
+    # When claims of 2, 2, 2 and 5 jobs come in four turns of the loop while it is busy
+    claims = []
+    for size in (2, 2, 2, 5):
+        claims.append(asyncio.ensure_future(store.claim(["w"], f"worker-{size}-{len(claims)}", size, 30.0)))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+    # Then none has run, and the loop was free to run this test meanwhile
+    await asyncio.sleep(0.05)
+    assert not any(c.done() for c in claims)
+    assert runs == [1]
+    # And once the thread is done, the first three (6 jobs) run on the loop as one group, and
+    # the fourth, which would take the group past 8 jobs, as a group of its own after it
+    release.set()
+    got = await asyncio.wait_for(asyncio.gather(*claims), 10)
+    await holder
+    assert runs == [1, -3, -1]
+    assert [len(c) for c in got] == [2, 2, 2, 5]
+    assert len({j["id"] for c in got for j in c}) == 11
+
+
+async def test_given_turns_waiting_for_the_thread_then_one_too_large_for_the_loop_keeps_its_place(
+        store, runs, monkeypatch) -> None:
+    # Given pending jobs, a limit of 8 jobs inline, and the thread held
+    monkeypatch.setattr(sqlite_store, "INLINE_ITEMS", 8)
+    await store.enqueue([spec(n) for n in range(20)])
+    del runs[:]
+    holder, release = hold_the_thread(store)
+    await asyncio.sleep(0.05)
+    # When a claim of 3, then one of 9 (too large to run inline), then one of 1 come in turn
+    claims = []
+    for size in (3, 9, 1):
+        claims.append(asyncio.ensure_future(store.claim(["w"], f"worker-{len(claims)}", size, 30.0)))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+    release.set()
+    got = await asyncio.wait_for(asyncio.gather(*claims), 10)
+    await holder
+    # Then they ran in the order they came: 3 on the loop, 9 on the thread, then 1 on the loop,
+    # each claim taking the oldest jobs left
+    assert runs == [1, -1, 1, -1]
+    assert [[j["args"][0] for j in c] for c in got] == [[0, 1, 2], list(range(3, 12)), [12]]
+
+
+async def test_given_turns_waiting_for_the_thread_when_the_store_closes_then_they_are_answered(store) -> None:
+    # Given a job and the thread held
+    job = await put(store)
+    holder, release = hold_the_thread(store)
+    await asyncio.sleep(0.05)
+    # When a claim waits for the thread and the store closes meanwhile
+    claim = asyncio.ensure_future(store.claim(["w"], "worker-1", 1, 30.0))
+    await asyncio.sleep(0.01)
+    closing = asyncio.ensure_future(store.close())
+    await asyncio.sleep(0.05)
+    release.set()
+    await asyncio.wait_for(closing, 10)
+    await holder
+    # Then the claim was not left waiting: it ran before the store closed
+    [claimed] = await asyncio.wait_for(claim, 10)
+    assert claimed["id"] == job["id"]

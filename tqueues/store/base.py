@@ -119,8 +119,9 @@ def net_moves(operations: Sequence[Changes]) -> list[tuple[str, str, int]]:
 
 
 # Set (see ``grouped``) while the writes about to start must share a transaction where the
-# store groups writes; tasks created meanwhile carry it (each task copies the context).
-_GROUPED: contextvars.ContextVar[bool] = contextvars.ContextVar("tqueues_grouped", default=False)
+# store groups writes; tasks created meanwhile carry it (each task copies the context). Its
+# value is one object per ``grouped`` block: the writes of two blocks may go apart.
+_GROUPED: contextvars.ContextVar[object | None] = contextvars.ContextVar("tqueues_grouped", default=None)
 
 
 @contextlib.contextmanager
@@ -129,7 +130,7 @@ def grouped() -> Iterator[None]:
     stores that group the writes of one turn of the event loop (SQLite, PostgreSQL): an
     enqueue and the parked claims it serves. Elsewhere a store may run a small write at once,
     alone, when nothing else is on its way (see the SQLite store)."""
-    token = _GROUPED.set(True)
+    token = _GROUPED.set(object())
     try:
         yield
     finally:
@@ -138,6 +139,12 @@ def grouped() -> Iterator[None]:
 
 def grouping() -> bool:
     """True inside ``grouped`` (or in a task created there)."""
+    return _GROUPED.get() is not None
+
+
+def group_of_writes() -> object | None:
+    """The ``grouped`` block the writes about to start belong to (None outside any): writes
+    of the same block must share a transaction."""
     return _GROUPED.get()
 
 
