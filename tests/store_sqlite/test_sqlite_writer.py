@@ -433,20 +433,28 @@ def hold_the_thread(store) -> tuple["asyncio.Future", "threading.Event"]:
     return asyncio.ensure_future(store._write(held)), release
 
 
-async def test_given_the_writer_thread_busy_then_the_turns_that_follow_wait_and_run_on_the_loop_joined(
-        store, runs, monkeypatch) -> None:
-    # Given twenty pending jobs, a limit of 8 jobs a turn may touch inline, and the thread held
+async def claims_behind_the_thread(store, runs, monkeypatch, sizes: tuple[int, ...]):
+    """Twenty pending jobs, a limit of 8 jobs a group on the loop may touch, and the writer
+    thread held; then a claim of each of ``sizes`` jobs, each in a turn of the loop of its own.
+    The claims (not yet answered) and the thread's holder with its release."""
     monkeypatch.setattr(sqlite_store, "INLINE_ITEMS", 8)
     await store.enqueue([spec(n) for n in range(20)])
     del runs[:]
     holder, release = hold_the_thread(store)
     await asyncio.sleep(0.05)
-    # When claims of 2, 2, 2 and 5 jobs come in four turns of the loop while it is busy
     claims = []
-    for size in (2, 2, 2, 5):
-        claims.append(asyncio.ensure_future(store.claim(["w"], f"worker-{size}-{len(claims)}", size, 30.0)))
+    for size in sizes:
+        claims.append(asyncio.ensure_future(store.claim(["w"], f"worker-{len(claims)}", size, 30.0)))
         await asyncio.sleep(0)
         await asyncio.sleep(0)
+    return claims, holder, release
+
+
+async def test_given_the_writer_thread_busy_then_the_turns_that_follow_wait_and_run_on_the_loop_joined(
+        store, runs, monkeypatch) -> None:
+    # Given twenty pending jobs, a limit of 8 jobs a group on the loop may touch, and the thread
+    # held; when claims of 2, 2, 2 and 5 jobs come in four turns of the loop while it is busy
+    claims, holder, release = await claims_behind_the_thread(store, runs, monkeypatch, (2, 2, 2, 5))
     # Then none has run, and the loop was free to run this test meanwhile
     await asyncio.sleep(0.05)
     assert not any(c.done() for c in claims)
@@ -463,18 +471,9 @@ async def test_given_the_writer_thread_busy_then_the_turns_that_follow_wait_and_
 
 async def test_given_turns_waiting_for_the_thread_then_one_too_large_for_the_loop_keeps_its_place(
         store, runs, monkeypatch) -> None:
-    # Given pending jobs, a limit of 8 jobs inline, and the thread held
-    monkeypatch.setattr(sqlite_store, "INLINE_ITEMS", 8)
-    await store.enqueue([spec(n) for n in range(20)])
-    del runs[:]
-    holder, release = hold_the_thread(store)
-    await asyncio.sleep(0.05)
-    # When a claim of 3, then one of 9 (too large to run inline), then one of 1 come in turn
-    claims = []
-    for size in (3, 9, 1):
-        claims.append(asyncio.ensure_future(store.claim(["w"], f"worker-{len(claims)}", size, 30.0)))
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
+    # Given pending jobs, a limit of 8 jobs inline, and the thread held; when a claim of 3, then
+    # one of 9 (too large to run inline), then one of 1 come in turn
+    claims, holder, release = await claims_behind_the_thread(store, runs, monkeypatch, (3, 9, 1))
     release.set()
     got = await asyncio.wait_for(asyncio.gather(*claims), 10)
     await holder
