@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -420,11 +421,9 @@ async def test_given_the_inline_runner_itself_fails_then_each_write_of_the_turn_
     assert all("disk vanished" in str(o) for o in outcomes)
 
 
-def hold_the_thread(store) -> tuple["asyncio.Future", "threading.Event"]:
+def hold_the_thread(store) -> tuple[asyncio.Future, threading.Event]:
     """A write of no given size (the writer thread's), which keeps the thread busy until the
     returned event is set."""
-    import threading
-
     release = threading.Event()
 
     def held(tx):
