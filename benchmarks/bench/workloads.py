@@ -70,8 +70,8 @@ def drain(ctx: "Context", peer: "Peer", n: int, timeout: float) -> dict[str, flo
     And the CPU the drain cost, in microseconds per job, from the same moment to the last
     completion: ``cpu_workers`` (the worker processes and their children, start-up included),
     ``cpu_dispatcher`` (tqueues' dispatcher), ``cpu_servers`` (every PostgreSQL and Redis
-    process on the machine), ``cpu`` their sum. Unlike a rate, this hardly moves with what
-    else the machine is doing: it says what each job costs, not how fast the machine was.
+    process on the machine), ``cpu`` their sum: what each job cost, and where. It moves with
+    the machine too (a busy host makes every instruction slower): compare within a run.
     """
     ctx.prepare(peer, "drain")
     workers: list[subprocess.Popen[bytes]] = []

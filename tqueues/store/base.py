@@ -137,11 +137,6 @@ def grouped() -> Iterator[None]:
         _GROUPED.reset(token)
 
 
-def grouping() -> bool:
-    """True inside ``grouped`` (or in a task created there)."""
-    return _GROUPED.get() is not None
-
-
 def group_of_writes() -> object | None:
     """The ``grouped`` block the writes about to start belong to (None outside any): writes
     of the same block must share a transaction."""
