@@ -62,10 +62,10 @@ def fmt(value: float, unit: str) -> str:
         return "–"
     if unit == "ms":
         return f"{value:.1f}" if value < 100 else f"{value:,.0f}"
-    if unit == "MiB" or (unit == "µs" and value >= 10):
-        return f"{value:,.0f}"
     if unit == "µs":
-        return f"{value:.1f}"
+        return f"{value:.1f}" if value < 10 else f"{value:,.0f}"
+    if unit == "MiB":
+        return f"{value:,.0f}"
     if value >= 100:
         return f"{value:,.0f}"
     return f"{value:.2f}"

@@ -176,38 +176,33 @@ def rss_bytes(pid: int) -> int:
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def _stat(pid: int) -> list[str] | None:
-    """The fields of /proc/PID/stat after the command name (field 3 onwards), None if gone."""
+def _stat(pid: int) -> tuple[int, str, float] | None:
+    """From /proc/PID/stat: the parent's pid, the command name, and the CPU seconds (user +
+    system) of the process, all its threads and the children it has reaped, counted in clock
+    ticks (1/100 s here); None if it is gone."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return text[text.rindex(")") + 2:].split()
+    fields = text[text.rindex(")") + 2:].split()   # from field 3, after the command name
+    utime, stime, cutime, cstime = (int(v) for v in fields[11:15])
+    return int(fields[1]), text[text.index("(") + 1:text.rindex(")")], (utime + stime + cutime + cstime) / CLOCK_TICKS
 
 
 def process_cpu(pid: int) -> float:
-    """CPU seconds (user + system) of a process, all its threads, and the children it has
-    reaped (Linux /proc); 0.0 if it is gone. Counted in clock ticks (1/100 s here)."""
-    fields = _stat(pid)
-    if fields is None:
-        return 0.0
-    utime, stime, cutime, cstime = (int(v) for v in fields[11:15])
-    return (utime + stime + cutime + cstime) / CLOCK_TICKS
+    """CPU seconds of a process (see _stat); 0.0 if it is gone."""
+    stat = _stat(pid)
+    return stat[2] if stat is not None else 0.0
 
 
-def _processes() -> list[tuple[int, int, str]]:
-    """(pid, parent pid, command name) of every process now."""
+def _processes() -> list[tuple[int, int, str, float]]:
+    """(pid, parent pid, command name, CPU seconds) of every process now, each read once."""
     out = []
     for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        pid = int(entry.name)
-        try:
-            text = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        name = text[text.index("(") + 1:text.rindex(")")]
-        out.append((pid, int(text[text.rindex(")") + 2:].split()[1]), name))
+        if entry.name.isdigit():
+            stat = _stat(int(entry.name))
+            if stat is not None:
+                out.append((int(entry.name), *stat))
     return out
 
 
@@ -215,15 +210,17 @@ def tree_cpu(pids: Sequence[int]) -> float:
     """CPU seconds of the processes ``pids`` and every live descendant of theirs. A child that
     exited and was reaped within the tree is in its parent's figure (``process_cpu``)."""
     children: dict[int, list[int]] = {}
-    for pid, parent, _ in _processes():
+    cpu: dict[int, float] = {}
+    for pid, parent, _, seconds in _processes():
         children.setdefault(parent, []).append(pid)
+        cpu[pid] = seconds
     total, todo, seen = 0.0, list(pids), set()
     while todo:
         pid = todo.pop()
         if pid in seen:
             continue
         seen.add(pid)
-        total += process_cpu(pid)
+        total += cpu.get(pid, 0.0)
         todo += children.get(pid, [])
     return total
 
@@ -231,7 +228,7 @@ def tree_cpu(pids: Sequence[int]) -> float:
 def named_cpu(names: Sequence[str]) -> float:
     """CPU seconds of every process whose command name is one of ``names`` (a server's
     processes: PostgreSQL's backends, Redis)."""
-    return sum(process_cpu(pid) for pid, _, name in _processes() if name in names)
+    return sum(seconds for _, _, name, seconds in _processes() if name in names)
 
 
 def say(message: str) -> None:
