@@ -684,9 +684,7 @@ class SQLiteStore(Store):
     async def _close(self) -> None:
         if self._writer is not None:
             while self._waiting:   # nothing is left unanswered: the thread runs them before it stops
-                turn = self._waiting.popleft()
-                self._queued += len(turn)
-                self._writer.ops.put(turn)
+                self._to_thread(self._waiting.popleft())
             self._writer.ops.put(None)
             await asyncio.get_running_loop().run_in_executor(None, self._writer.join)
             self._writer = None
