@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
+from support.jobs import ledger_lines
 from support.procs import Proc, start_dispatcher, start_worker
 
 
@@ -29,10 +30,7 @@ class Cluster:
         return proc
 
     def ledger_lines(self) -> list[list[str]]:
-        path = Path(self.ledger)
-        if not path.exists():
-            return []
-        return [line.split() for line in path.read_text().splitlines() if line.strip()]
+        return [line.split() for line in ledger_lines(self.ledger) if line.strip()]
 
     def logs(self) -> str:
         return "\n".join(f"===== {p.args[2:4]}\n{p.output()[-4000:]}" for p in self.procs)

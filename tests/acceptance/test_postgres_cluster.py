@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 from acceptance.conftest import wait_for
 from support import pg
+from support.jobs import ledger_lines
 from support.procs import Proc, start_dispatcher, start_worker
 
 from tqueues import Client
@@ -37,9 +38,7 @@ class Fleet:
         return proc
 
     def ledger_pairs(self) -> collections.Counter[tuple[str, str]]:
-        path = Path(self.ledger)
-        lines = path.read_text().splitlines() if path.exists() else []
-        return collections.Counter((l.split()[0], l.split()[1]) for l in lines if l.strip())
+        return collections.Counter((l.split()[0], l.split()[1]) for l in ledger_lines(self.ledger) if l.strip())
 
     def close(self) -> None:
         for proc in reversed(self.procs):

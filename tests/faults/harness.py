@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import aiohttp
+from support.jobs import ledger_lines
 from support.procs import Proc, free_port, start_dispatcher, start_worker
 
 from tqueues import Client
@@ -99,11 +100,10 @@ class Ledger:
     def __str__(self) -> str:
         return str(self.path)
 
-    def entries(self) -> list[Entry]:
-        if not self.path.exists():
-            return []
+    def entries(self, settled: bool = False) -> list[Entry]:
+        """Every whole line; ``settled`` (nothing runs any more) also the last, finished or not."""
         out = []
-        for line in self.path.read_text().splitlines():
+        for line in ledger_lines(self.path, settled):
             parts = line.split()
             if len(parts) != 8:
                 raise AssertionError(f"torn or malformed ledger line: {line!r}")
@@ -358,7 +358,7 @@ async def check(url: str, producers: Sequence[Producer], ledger: Ledger, *, scen
                 return job_id, await client.executions(job_id)
 
         executions = dict(await asyncio.gather(*(executions_of(doc["id"]) for doc in jobs)))
-    entries = ledger.entries()
+    entries = ledger.entries(settled=True)
 
     by_id = {doc["id"]: doc for doc in jobs}
     docs_by_key: dict[str | None, list[dict[str, Any]]] = collections.defaultdict(list)

@@ -7,7 +7,7 @@ import time
 
 import aiohttp
 import pytest
-from faults.harness import FAILED, OK, RECORD, UNKNOWN, Attempt, Rig
+from faults.harness import FAILED, OK, RECORD, UNKNOWN, Attempt, Ledger, Rig
 from support.jobs import append
 
 from tqueues import Client
@@ -64,3 +64,21 @@ async def test_the_checker_passes_a_clean_run_and_counts_lost_unexpected_and_une
     assert (report.duplicates, report.unexplained) == (2, 2), str(report)
     assert any("attempt 2 ran but no execution" in p for p in report.problems)
     assert any("recorded 'finished', not lost or failed" in p for p in report.problems)
+
+
+def test_a_ledger_line_still_being_written_is_left_for_the_next_read_until_the_ledger_is_settled(tmp_path) -> None:
+    # what a reader may see of a write that crosses a page boundary: the part before it
+    path = tmp_path / "ledger"
+    whole = "run j1 1 lease 42 1.000000 2.000000 k1"
+    path.write_text(whole + "\n" + whole[:17])
+    ledger = Ledger(path)
+    assert [e.job for e in ledger.entries()] == ["j1"]
+    assert ledger.count("run") == 1
+    with pytest.raises(AssertionError, match="torn or malformed ledger line: 'run j1 1 lease 42'"):
+        ledger.entries(settled=True)
+    with path.open("a") as f:
+        f.write(whole[17:] + "\n")
+    assert ledger.count("run") == 2 and len(ledger.entries(settled=True)) == 2
+    path.write_text(whole[:17] + "\n" + whole + "\n")   # a torn line followed by others is torn whoever reads
+    with pytest.raises(AssertionError, match="torn or malformed"):
+        ledger.entries()

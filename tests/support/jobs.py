@@ -20,6 +20,21 @@ def append(ledger: str, line: str) -> None:
         os.close(fd)
 
 
+def ledger_lines(ledger: str | os.PathLike[str], settled: bool = False) -> list[str]:
+    """The ledger's whole lines. A line is one ``write``, but Linux lets a reader see the part of
+    a write before a page boundary ahead of the rest: while jobs run, a last line without its
+    newline is one being written and is left for the next read. ``settled`` (nothing runs any
+    more) returns it with the rest, for the caller to find torn."""
+    try:
+        with open(ledger, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return []
+    if not settled and not text.endswith("\n"):
+        text = text[:text.rfind("\n") + 1]
+    return text.splitlines()
+
+
 async def record(ledger: str, value: Any, tq_parent_job: Any = None) -> Any:
     append(ledger, f"{tq_parent_job.id} {tq_parent_job.attempt} {os.getpid()}")
     return value
