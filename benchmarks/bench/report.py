@@ -100,13 +100,14 @@ def parts_table(parts: Sequence[Metric], names: Sequence[str], order: Sequence[s
     for system in order:
         if not any(system in part.values for part in parts):
             continue
-        failure = next((part.failure(system) for part in parts if part.failure(system)), None)
-        meds = [median(part.numbers(system)) if part.numbers(system) else None for part in parts]
-        if any(m is None for m in meds):
+        numbers = [part.numbers(system) for part in parts]
+        if not all(numbers):
+            failure = next(filter(None, (part.failure(system) for part in parts)), None)
             lines.append(f"| {system} | {failure or 'not measured'} |" + " |" * len(names))
             continue
-        lines.append(f"| {system} | " + " | ".join(fmt(m, parts[0].unit) for m in meds)   # type: ignore[arg-type]
-                     + f" | {fmt(sum(meds), parts[0].unit)} |")   # type: ignore[arg-type]
+        meds = [median(values) for values in numbers]
+        lines.append(f"| {system} | " + " | ".join(fmt(m, parts[0].unit) for m in meds)
+                     + f" | {fmt(sum(meds), parts[0].unit)} |")
     return lines
 
 

@@ -109,8 +109,6 @@ async def test_given_writes_of_one_turn_touching_more_than_inline_items_then_the
 
 async def test_given_an_enqueue_and_the_claims_it_adopted_then_they_share_a_group_however_large(
         store, runs, monkeypatch) -> None:
-    from tqueues.store.base import grouped
-
     # Given a limit of 4 jobs a group on the loop may touch
     monkeypatch.setattr(sqlite_store, "INLINE_ITEMS", 4)
     await put(store, 0)
@@ -130,6 +128,8 @@ async def test_given_an_enqueue_and_the_claims_it_adopted_then_they_share_a_grou
         assert len(await claim) == 1
     # Then each block was one transaction (the enqueue and its claim), on the loop
     assert runs == [-1, -2, -2]
+
+
 async def test_given_concurrent_enqueues_then_they_share_commits(store, groups) -> None:
     # When 200 enqueues are made at once
     jobs = await asyncio.gather(*(put(store, i) for i in range(200)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -51,7 +52,7 @@ def test_given_a_process_that_is_gone_then_its_cpu_is_zero() -> None:
 
 
 def test_given_processes_by_command_name_then_named_cpu_sums_them() -> None:
-    name = Path(f"/proc/{__import__('os').getpid()}/comm").read_text().strip()
+    name = Path(f"/proc/{os.getpid()}/comm").read_text().strip()
     burner = subprocess.Popen([sys.executable, "-c", SPIN + "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
     try:
         time.sleep(0.05)

@@ -794,12 +794,12 @@ class SQLiteStore(Store):
         if items is None:
             self._to_thread(head)
             return
-        ops = head
+        ops = head   # popped: this group's own list
         while self._waiting:
             more = _inline_items(self._waiting[0])
             if more is None or items + more > INLINE_ITEMS or len(ops) + len(self._waiting[0]) > MAX_GROUP:
                 break
-            ops = ops + self._waiting.popleft()
+            ops.extend(self._waiting.popleft())
             items += more
         if not self._inline(ops):
             self._to_thread(ops)
