@@ -4,8 +4,13 @@
 This file only prepares the virtual environments (``benchmarks/.venv-peers/``: ``main`` with
 tqueues from this repository and most peers; ``arq`` and ``taskiq`` apart, because their
 redis client pins conflict with Celery's), then runs the harness (:mod:`bench.main`) inside ``main``. It installs
-again only when the package list below or tqueues' setup.py changes. A package that fails to install is noted, and
-its system is reported as failed in the results while the others run.
+the peers again only when the package list below changes, and tqueues when its sources or setup.py do. A package
+that fails to install is noted, and its system is reported as failed in the results while the others run.
+
+tqueues is installed as users install it, a regular package (``pip install .``), like every peer. An editable
+install (``pip install -e .``) costs each Python process that imports it an import hook and pathlib at start,
+about 30 ms of a worker's start on a 2-core machine, which a measurement from the workers' spawn would count
+against tqueues alone.
 """
 
 from __future__ import annotations
@@ -42,31 +47,53 @@ def last_line(text: str) -> str:
     return (errors or lines or ["unknown error"])[-1][:160]
 
 
-def install_stamp(packages: list[str], editable_repo: bool) -> str:
-    """What an environment was made from: its packages, the Python, and with tqueues from this
-    repository its setup.py, so that a new dependency of tqueues installs again."""
-    wanted = packages + (["-e", str(REPO)] if editable_repo else [])
-    setup = (REPO / "setup.py").read_bytes() if editable_repo else b""
-    return hashlib.sha256(json.dumps(wanted).encode() + sys.version.encode() + setup).hexdigest()
+def install_stamp(packages: list[str]) -> str:
+    """What an environment's peers were installed from: their packages and the Python."""
+    return hashlib.sha256(json.dumps(packages).encode() + sys.version.encode()).hexdigest()
 
 
-def ensure(name: str, packages: list[str], editable_repo: bool) -> dict[str, str]:
+def source_stamp() -> str:
+    """What the installed tqueues was built from: setup.py and every file of the package, so that
+    the environment runs the sources of this checkout."""
+    digest = hashlib.sha256(sys.version.encode())
+    for path in sorted([REPO / "setup.py", *(REPO / "tqueues").rglob("*")]):
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
+            digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def ensure_tqueues(python: Path) -> dict[str, str]:
+    """Install tqueues from this repository into an environment, again whenever its sources
+    changed (``--force-reinstall``: the version number alone would not tell pip)."""
+    stamp = python.parent.parent / ".tqueues-stamp"
+    stamp_value = source_stamp()
+    if stamp.exists() and stamp.read_text() == stamp_value:
+        return {}
+    print("benchmark: installing tqueues from this repository…", file=sys.stderr, flush=True)
+    for args in (["--force-reinstall", "--no-deps", str(REPO)], [str(REPO)]):   # then its dependencies
+        done = pip(python, args)
+        if done.returncode != 0:
+            stamp.unlink(missing_ok=True)
+            return {"tqueues": f"failed: pip install . ({last_line(done.stderr)})"}
+    stamp.write_text(stamp_value)
+    return {}
+
+
+def ensure(name: str, packages: list[str], with_tqueues: bool) -> dict[str, str]:
     """Create or update one virtual environment; the packages that failed, with why."""
     target = VENVS / name
     python = target / "bin" / "python"
-    stamp_value = install_stamp(packages, editable_repo)
+    stamp_value = install_stamp(packages)
     stamp = target / ".bench-stamp"
     failures: dict[str, str] = {}
     if python.exists() and stamp.exists() and stamp.read_text() == stamp_value:
-        return failures
+        return ensure_tqueues(python) if with_tqueues else failures
     print(f"benchmark: preparing the {name} virtual environment ({len(packages)} packages)…", file=sys.stderr,
           flush=True)
     if not python.exists():
         venv.EnvBuilder(with_pip=True, clear=True).create(target)
-    if editable_repo:
-        done = pip(python, ["-e", str(REPO)])
-        if done.returncode != 0:
-            failures["tqueues"] = f"failed: pip install -e . ({last_line(done.stderr)})"
+    if with_tqueues:
+        failures.update(ensure_tqueues(python))
     done = pip(python, packages)
     if done.returncode != 0:
         # One at a time, to tell which one fails; the rest stay usable.
@@ -80,17 +107,17 @@ def ensure(name: str, packages: list[str], editable_repo: bool) -> dict[str, str
 
 
 def compile_sources() -> None:
-    """Byte-compile tqueues and the harness' own modules for every environment's Python, as
-    ``pip install`` does for the peers' packages: the harness runs its processes with
-    PYTHONDONTWRITEBYTECODE (nothing written into the tree while measuring), and tqueues,
-    installed editable from this repository, would otherwise be compiled from source at
-    every start of a worker or producer, a cost no peer pays. Files already compiled are
-    skipped; a changed source is compiled again. A failure only costs those starts."""
+    """Byte-compile the harness' own modules for every environment's Python, as ``pip install``
+    does for the packages (tqueues' included): the harness runs its processes with
+    PYTHONDONTWRITEBYTECODE (nothing written into the tree while measuring), and its job
+    modules would otherwise be compiled from source at every start of a worker or producer.
+    Files already compiled are skipped; a changed source is compiled again. A failure only
+    costs those starts."""
     for name in PACKAGES:
         python = VENVS / name / "bin" / "python"
         if python.exists():
             try:
-                subprocess.run([str(python), "-m", "compileall", "-q", str(REPO / "tqueues"), str(HERE / "bench")],
+                subprocess.run([str(python), "-m", "compileall", "-q", str(HERE / "bench")],
                                check=False, stdout=subprocess.DEVNULL, timeout=300)
             except (OSError, subprocess.SubprocessError) as exc:   # slower starts, not a failed run
                 print(f"benchmark: could not byte-compile for {name}: {exc}", file=sys.stderr)
@@ -103,9 +130,9 @@ def main() -> int:
     VENVS.mkdir(exist_ok=True)
     failures: dict[str, str] = {}
     try:
-        failures.update(ensure("main", PACKAGES["main"], editable_repo=True))
+        failures.update(ensure("main", PACKAGES["main"], with_tqueues=True))
         for name in ("arq", "taskiq"):
-            failures.update(ensure(name, PACKAGES[name], editable_repo=False))
+            failures.update(ensure(name, PACKAGES[name], with_tqueues=False))
     except (OSError, subprocess.SubprocessError) as exc:
         print(f"benchmark: cannot prepare the virtual environments: {exc}", file=sys.stderr)
         return 1

@@ -238,7 +238,8 @@ PEERS: list[Peer] = [
          "worker loop; the prefetch docs/workers.md recommends for jobs under a millisecond); "
          "producer → dispatcher → workers over real connections: `Client.enqueue` over its enqueue websocket "
          "(the client's default), batches (`enqueue_many(documents=False)`: answered with ids, as PgQueuer's are) "
-         "and claims over HTTP", has_batch=True, tqueues=True),
+         "and claims over HTTP; installed from this repository as a regular package (`pip install .`), as the peers are",
+         has_batch=True, tqueues=True),
     Peer("tqueues-postgres", "tqueues (this repository)", "postgres",
          f"dispatcher on PostgreSQL (`--pool-size 10`) + 2 × `tqueues_worker --concurrency 16 --prefetch {TQ_PREFETCH}`; "
          "connections as above",
