@@ -421,10 +421,11 @@ async def test_the_workers_full_client_is_made_on_first_use(server: Server) -> N
 
 def test_a_worker_process_starts_without_aiohttp() -> None:
     """The worker's command line, its Worker and job registry import no aiohttp, nor
-    multiprocessing (start-up time); tqueues.Client still comes on first use."""
+    multiprocessing and pickle (start-up time); tqueues.Client still comes on first use."""
     code = ("import sys, tqueues, tqueues.cli.worker\n"
             "assert 'aiohttp' not in sys.modules, sorted(m for m in sys.modules if 'aiohttp' in m)\n"
             "assert 'multiprocessing' not in sys.modules   # until a plain function runs\n"
+            "assert 'pickle' not in sys.modules, 'pickle'   # the same\n"
             "from tqueues import Client\n"
             "assert 'aiohttp' in sys.modules and Client.__name__ == 'Client'\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

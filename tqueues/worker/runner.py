@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import pickle
 import signal
 import traceback
 from concurrent.futures import ThreadPoolExecutor
@@ -24,8 +23,8 @@ from . import capture
 if TYPE_CHECKING:
     import multiprocessing.connection
 
-# multiprocessing is imported when the first plain function runs: most workers never need it,
-# and it is a good part of a worker's start-up.
+# multiprocessing (and pickle, which carries a job to a child) is imported when the first plain
+# function runs: most workers never need it, and it is a good part of a worker's start-up.
 
 DEFAULT_GRACE = 3.0   # seconds a child gets to stop after SIGTERM before SIGKILL
 
@@ -82,6 +81,8 @@ def _child_main(conn: multiprocessing.connection.Connection) -> None:
             raw = conn.recv_bytes()
         except (EOFError, OSError):
             return
+        import pickle   # imported with multiprocessing already: a lookup
+
         try:
             fn, args, kwargs, info, pass_job = pickle.loads(raw)
         except BaseException as exc:  # noqa: BLE001 - reported as the job's failure
@@ -144,6 +145,8 @@ class ProcessPool:
                   pass_job: bool, on_update: Callable[[dict[str, Any]], None],
                   on_log: Callable[[dict[str, Any]], None], on_start: Callable[[], None] | None = None) -> Any:
         """Run ``fn`` in a child; its result, or RemoteError / ChildDied. Cancelling kills the child."""
+        import pickle   # imported with multiprocessing by __init__: a lookup
+
         try:
             payload = pickle.dumps((fn, args, kwargs, info, pass_job))
         except Exception as exc:
