@@ -155,6 +155,47 @@ async def test_given_results_of_every_json_shape_when_completed_in_one_call_then
         assert (await store.get(job["id"]))["result"] == RESULTS[job["args"][0]]
 
 
+async def test_given_finished_jobs_then_each_answer_and_finished_event_is_the_stored_document(store: Store) -> None:
+    # Given started jobs of varied fields, one of them claimed as it was enqueued (adopted)
+    await store.enqueue([spec(args=[n, "x" * n], kwargs={"k": n}, data={"d": [n]}, priority=n % 3, timeout=5.0)
+                         for n in range(6)])
+    jobs = await store.claim(["default"], "w", 6)
+    _, adopted = await store.enqueue_and_claim(spec("other", args=["new"], secrets=["k"], kwargs={"k": "s"}), ["other"], "w2")
+    [adopted] = adopted
+    jobs.append(adopted)
+    since = await store.last_seq()
+
+    # When they are reported finished, with results of different shapes
+    items = await store.complete([Outcome(j["id"], j["lease"], models.FINISHED, result=RESULTS[n])
+                                  for n, j in enumerate(jobs)])
+
+    # Then each answer's document is the job as stored, field for field, and so is its finished event
+    events = {e["job_id"]: e["new_val"] for e in await store.events_since(since) if e["kind"] == models.EV_FINISHED}
+    for n, (job, item) in enumerate(zip(jobs, items)):
+        stored = await store.get(job["id"])
+        assert item["ok"] and item["job"] == stored, (item, stored)
+        assert events[job["id"]] == stored
+        assert (stored["status"], stored["result"], stored["lease"], stored["lease_expires"]) == (
+            models.FINISHED, RESULTS[n], None, None)
+        assert (stored["attempts"], stored["worker"], stored["started_at"]) == (1, job["worker"], job["started_at"])
+
+
+async def test_given_a_started_job_whose_data_changed_when_finished_then_its_document_has_the_new_data(
+        store: Store) -> None:
+    # Given a started job whose data its worker updated while it ran
+    job = await put(store, data={"step": 0})
+    claimed = await take(store)
+    updated = await store.update_data(job["id"], {"step": 1}, lease=claimed["lease"])
+    assert updated["data"] == {"step": 1}
+
+    # When it is reported finished
+    done = await finish(store, claimed, result=7)
+
+    # Then the finished document, stored and answered, has the data as it was updated
+    assert done["data"] == {"step": 1} and done["result"] == 7
+    assert await store.get(job["id"]) == done
+
+
 async def test_given_an_invalid_outcome_status_when_completing_then_invalid_request_and_nothing_changes(
         store: Store) -> None:
     # Given a started job
