@@ -12,7 +12,6 @@ import pytest
 
 from tqueues import models
 from tqueues.store import Outcome
-from tqueues.store import sqlite as sqlite_store
 
 
 @pytest.fixture
@@ -31,11 +30,11 @@ async def test_given_claimed_jobs_then_they_are_remembered_until_they_finish(sto
     jobs = await store.claim(["f"], "w", 5)
 
     # Then their claimed documents are remembered (the finish reads none of their rows back)
-    assert set(store._claimed) == {j["id"] for j in jobs}
+    assert set(store._claimed.docs) == {j["id"] for j in jobs}
 
     # When they finish, they are forgotten, and each finished document is the stored row
     items = await store.complete([Outcome(j["id"], j["lease"], result=j["args"][0] * 10) for j in jobs])
-    assert store._claimed == {}
+    assert store._claimed.docs == {}
     for job, item in zip(jobs, items):
         assert item["ok"] and item["job"] == await store.get(job["id"])
         assert item["job"]["result"] == job["args"][0] * 10
@@ -65,20 +64,20 @@ async def test_given_another_process_wrote_to_a_started_job_when_it_finishes_the
 async def test_given_more_started_jobs_than_it_remembers_then_the_oldest_are_forgotten_and_all_finish(
         store, monkeypatch: pytest.MonkeyPatch) -> None:
     # Given a store that remembers at most 4 claimed jobs, and 10 started in two claims
-    monkeypatch.setattr(sqlite_store, "CLAIMED_MEMORY", 4)
+    monkeypatch.setattr(store._claimed, "limit", 4)
     await store.enqueue(specs(10))
     first = await store.claim(["f"], "w", 6)
     second = await store.claim(["f"], "w", 4)
 
     # Then it remembers the 4 claimed last
-    assert set(store._claimed) == {j["id"] for j in second}
+    assert set(store._claimed.docs) == {j["id"] for j in second}
 
     # And when all 10 finish in one report, each finishes, its document the stored row
     jobs = first + second
     items = await store.complete([Outcome(j["id"], j["lease"], result=[j["args"][0]]) for j in jobs])
     for job, item in zip(jobs, items):
         assert item["ok"] and item["job"] == await store.get(job["id"]), item
-    assert store._claimed == {}
+    assert store._claimed.docs == {}
 
 
 async def test_given_a_lease_lost_and_the_job_claimed_again_then_the_old_lease_is_refused_and_the_new_one_finishes(
@@ -89,7 +88,7 @@ async def test_given_a_lease_lost_and_the_job_claimed_again_then_the_old_lease_i
     await asyncio.sleep(0.05)
     assert await store.requeue_expired() == 1
     [new] = await store.claim(["f"], "w2", 1)
-    assert new["lease"] != old["lease"] and store._claimed[new["id"]]["lease"] == new["lease"]
+    assert new["lease"] != old["lease"] and store._claimed.docs[new["id"]]["lease"] == new["lease"]
 
     # When the first worker reports it finished, then the second
     [stale] = await store.complete([Outcome(old["id"], old["lease"], result=1)])

@@ -32,6 +32,7 @@ import abc
 import asyncio
 import contextlib
 import contextvars
+import itertools
 import math
 import operator
 import random
@@ -231,6 +232,46 @@ def token_not_found(token_id: str) -> NotFound:
 
 
 TOKEN_KEYS = ("id", "name", "scopes", "queues", "methods", "created_at", "expires_at", "revoked_at")
+
+
+class ClaimedDocs:
+    """The documents of the jobs a store claimed, by id, until they end (SQLite, PostgreSQL).
+
+    A finish that matches a job's lease and its row's ``updated_at`` as claimed (nothing wrote
+    to the row since: not this store, which forgets a job at any other write of it, nor another
+    process or dispatcher, whose writes change ``updated_at``) makes the finished document from
+    the claimed one and the finish's changes, instead of reading every column of the row back:
+    about half the cost of a completion. Documents are put once the claim committed; at most
+    ``limit`` are kept, the oldest forgotten first, and a forgotten job finishes as before."""
+
+    __slots__ = ("docs", "limit")
+
+    def __init__(self, limit: int = 16_384) -> None:
+        self.docs: dict[str, dict[str, Any]] = {}
+        self.limit = limit
+
+    def remember(self, jobs: Sequence[dict[str, Any]]) -> None:
+        docs = self.docs
+        for job in jobs:
+            docs[job["id"]] = job
+        excess = len(docs) - self.limit
+        if excess > 0:
+            for job_id in list(itertools.islice(docs, excess)):
+                del docs[job_id]
+
+    def forget(self, job_id: str) -> None:
+        self.docs.pop(job_id, None)
+
+    def take(self, job_id: str, lease: str | None) -> dict[str, Any] | None:
+        """The claimed document of ``job_id`` if it was claimed with ``lease``; forgotten either way."""
+        doc = self.docs.pop(job_id, None)
+        return doc if doc is not None and doc["lease"] == lease else None
+
+    @staticmethod
+    def finished(doc: dict[str, Any], result: Any, now: float) -> dict[str, Any]:
+        """``doc``, a claimed job's document, as a finish at ``now`` with ``result`` leaves it."""
+        return {**doc, "status": models.FINISHED, "result": result, "error": None, "lease": None,
+                "lease_expires": None, "finished_at": now, "updated_at": now}
 
 
 class Subscription:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import secrets
@@ -36,7 +37,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from .. import models
 from ..errors import ConfigurationError, Conflict, JobNotFound, LeaseConflict, StoreUnavailable, TQueuesError
-from .base import (JOB_KEYS, Changes, Outcome, Store, conflict, event_doc, fenced_finishes, leased_new_job, net_moves, new_job, ok,
+from .base import (JOB_KEYS, ClaimedDocs, Changes, Outcome, Store, conflict, event_doc, fenced_finishes, leased_new_job, net_moves, new_job, ok,
                    redact, stored_event_doc, token_not_found, ended_attempt, with_running_attempt, worker_not_found)
 
 try:  # imported lazily by open_store; the module itself needs the driver
@@ -282,6 +283,17 @@ _FINISH = ("WITH f AS (SELECT * FROM unnest({arrays}) AS f(id, result, lease)),"
            " e AS (" + _END_ATTEMPTS + " SELECT id, attempts, worker, attempt_lease, 'finished', started_at, $1, NULL"
            "   FROM jobs " + _REPLACE_ATTEMPT + ")"
            " SELECT * FROM jobs")
+# The same for jobs whose documents the store kept from their claim (base.ClaimedDocs), whose
+# rows must also be unchanged since (updated_at as claimed): arrays of ids, results, leases and
+# updated_at; returns only the ids of the jobs it finished.
+_FINISH_KNOWN = ("WITH f AS (SELECT * FROM unnest({arrays}) AS f(id, result, lease, updated_at)),"
+                 " jobs AS (UPDATE tqueues_jobs j SET status = 'finished', result = f.result::jsonb, error = NULL,"
+                 "   lease = NULL, lease_expires = NULL, finished_at = $1, updated_at = $1 FROM f"
+                 "   WHERE j.id = f.id AND j.lease = f.lease AND j.status = 'started' AND j.updated_at = f.updated_at"
+                 "   RETURNING j.id, j.attempts, j.worker, j.started_at, f.lease AS attempt_lease),"
+                 " e AS (" + _END_ATTEMPTS + " SELECT id, attempts, worker, attempt_lease, 'finished', started_at, $1, NULL"
+                 "   FROM jobs " + _REPLACE_ATTEMPT + ")"
+                 " SELECT id FROM jobs")
 JSON_COLS = frozenset({"args", "kwargs", "data", "result", "error"})
 
 Event = tuple[str, str | None, str | None, dict[str, Any]]
@@ -468,6 +480,7 @@ class PostgresStore(Store):
         self.pool_size = pool_size or int(size or 10)
         if self.pool_size < 2:
             raise ConfigurationError("pool_size must be at least 2")
+        self._claimed = ClaimedDocs()   # what this dispatcher claimed, for the finish (see ClaimedDocs)
         self.dsn = urlunsplit(parts._replace(scheme="postgresql", query="&".join(f"{k}={v}" for k, v in query.items())))
         self._pool: Any = None
         self._writer_conns: list[Any] = [None] * WRITERS
@@ -805,9 +818,9 @@ class PostgresStore(Store):
             raise JobNotFound(f"no job has id {job_id!r}", id=job_id)
         return job
 
-    @staticmethod
-    async def _update(conn: Any, job_id: str, sets: str, *values: Any, where: str = "") -> dict[str, Any] | None:
+    async def _update(self, conn: Any, job_id: str, sets: str, *values: Any, where: str = "") -> dict[str, Any] | None:
         """``UPDATE … SET sets WHERE id = $1 where RETURNING *``; ``values`` fill $2, $3, …"""
+        self._claimed.forget(job_id)   # whatever this write does, the claimed document is no longer the row
         row = await conn.fetchrow(f"UPDATE tqueues_jobs SET {sets} WHERE id = $1 {where} RETURNING {COLS}", job_id, *values)
         return row_to_job(row) if row else None
 
@@ -983,6 +996,8 @@ class PostgresStore(Store):
             jobs = [row_to_job(r) for r in rows]
             for job in jobs:
                 tx.emit(models.EV_STARTED, job, models.PENDING)
+            if jobs:
+                tx.after_commit.append(functools.partial(self._claimed.remember, jobs))
             return jobs
 
         return await self._write(op)
@@ -1016,6 +1031,8 @@ class PostgresStore(Store):
                 models.dumps_str(stored_event_doc(doc)),
                 leased and models.dumps_str(stored_event_doc(leased)), CHANNEL, leased is not None)
             handed = [leased] if row["take"] and leased is not None else []
+            if handed:
+                tx.after_commit.append(functools.partial(self._claimed.remember, handed))
             # (Not ``for job in handed``: Python 3.12.1 and 3.13.0 inline the comprehension and
             # then read ``job``, the argument used below, as an unbound local.)
             events = [(models.EV_CREATED, doc)] + [(models.EV_STARTED, started) for started in handed]
@@ -1058,12 +1075,28 @@ class PostgresStore(Store):
             # other outcome goes through _complete_one, in order, after it: a failure, an
             # unfenced completion, the second outcome of a job in the batch, and a finished one
             # the statement left alone (stale lease, unknown id), which it reports.
+            # A job this store claimed and still remembers, unchanged since (same lease, same
+            # updated_at), is finished by a statement that returns its id alone: its document is
+            # the claimed one with the finish's changes. The others are read back as they are.
             conn = tx.conn
             chosen = fenced_finishes(outcomes)
             # In id order: rows are locked as the statement reaches them, and heartbeats and
             # completions written at once by another writer (or dispatcher) take them in id order.
             fast = sorted(chosen.items())
             finished: dict[str, dict[str, Any]] = {}
+            take = self._claimed.take
+            docs = {job_id: doc for job_id, i in fast if (doc := take(job_id, outcomes[i].lease)) is not None}
+            if docs:
+                known = [(job_id, i) for job_id, i in fast if job_id in docs]
+                results = [models.jsonable_text(outcomes[i].result) for _, i in known]
+                sql, args = _arrays(("text", "text", "text", "float8"),
+                                    ([job_id for job_id, _ in known], [text for _, text in results],
+                                     [outcomes[i].lease for _, i in known], [docs[job_id]["updated_at"] for job_id, _ in known]), 2)
+                matched = {row["id"] for row in await conn.fetch(_FINISH_KNOWN.replace("{arrays}", sql), now, *args)}
+                for k, (job_id, _) in enumerate(known):
+                    if job_id in matched:
+                        finished[job_id] = ClaimedDocs.finished(docs[job_id], results[k][0], now)
+                fast = [(job_id, i) for job_id, i in fast if job_id not in matched]   # read back below
             if fast:
                 results = [models.jsonable_text(outcomes[i].result) for _, i in fast]
                 sql, args = _arrays(("text", "text", "text"), ([job_id for job_id, _ in fast], [text for _, text in results],

@@ -59,13 +59,13 @@ import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from itertools import chain, islice
+from itertools import chain
 from typing import Any, Callable, Sequence
 from urllib.parse import unquote, urlsplit
 
 from .. import models
 from ..errors import Conflict, ConfigurationError, InvalidRequest, JobNotFound, LeaseConflict, StoreUnavailable, TQueuesError
-from .base import (JOB_KEYS, JOB_VALUES, Changes, Outcome, Store, conflict, event_doc, fenced_finishes, group_of_writes, leased_new_job,
+from .base import (JOB_KEYS, JOB_VALUES, Changes, ClaimedDocs, Outcome, Store, conflict, event_doc, fenced_finishes, group_of_writes, leased_new_job,
                    net_moves, new_job, ok, stored_event_doc, token_not_found, ended_attempt, with_running_attempt,
                    worker_not_found)
 
@@ -313,8 +313,6 @@ def _finish_sql(count: int) -> str:
 # The outcomes of one set-wise finish of remembered jobs (4 parameters each: under 999 with the
 # two of its head, as a power of two, see _set_wise).
 FINISH_KNOWN_CHUNK = 128
-# Started jobs whose claimed documents the store remembers (see SQLiteStore._claimed), at most.
-CLAIMED_MEMORY = 16_384
 
 
 @functools.lru_cache(maxsize=16)
@@ -671,13 +669,7 @@ class SQLiteStore(Store):
         self._run_soon = False   # _run_waiting is scheduled
         self._ran_now = False        # a write of this turn already ran at once (see _write)
         self._queues_known: set[str] = set()
-        # job id → its document as this store claimed it, lease included, until it ends: a
-        # finish that matches the lease and the row's updated_at (no write since the claim,
-        # by this process or another) builds the finished document from it, instead of reading
-        # every column of the row back (about half the cost of a completion). Entries are put
-        # after the claim's commit, and dropped by any write to the job; at most
-        # CLAIMED_MEMORY, the oldest forgotten first (a forgotten job is finished as before).
-        self._claimed: dict[str, dict[str, Any]] = {}
+        self._claimed = ClaimedDocs()   # what this store claimed, for the finish (see ClaimedDocs)
         self._readers: ThreadPoolExecutor | None = None
         self._local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
@@ -914,7 +906,7 @@ class SQLiteStore(Store):
 
     def _update_job(self, conn: sqlite3.Connection, job_id: str, where: str, params: Sequence[Any],
                     sets: str, values: Sequence[Any]) -> dict[str, Any] | None:
-        self._claimed.pop(job_id, None)   # whatever this write does, the claimed document is no longer the row
+        self._claimed.forget(job_id)   # whatever this write does, the claimed document is no longer the row
         row = conn.execute(f"UPDATE jobs SET {sets} WHERE id = ? {where} RETURNING {COLS}",
                            (*values, job_id, *params)).fetchone()
         return row_to_job(row) if row else None
@@ -1088,18 +1080,8 @@ class SQLiteStore(Store):
         for job in jobs:
             tx.emit(models.EV_STARTED, job, models.PENDING)
         if jobs:
-            tx.after_commit.append(functools.partial(self._remember, jobs))
+            tx.after_commit.append(functools.partial(self._claimed.remember, jobs))
         return jobs
-
-    def _remember(self, jobs: list[dict[str, Any]]) -> None:
-        """Keep the documents of jobs just claimed (committed) for their finish."""
-        claimed = self._claimed
-        for job in jobs:
-            claimed[job["id"]] = job
-        excess = len(claimed) - CLAIMED_MEMORY
-        if excess > 0:
-            for job_id in list(islice(claimed, excess)):
-                del claimed[job_id]
 
     async def _enqueue_and_claim(self, job: models.NewJob, queues: list[str], worker: str,
                                  lease_seconds: float, now: float, lease_prefix: str
@@ -1126,7 +1108,7 @@ class SQLiteStore(Store):
             leased = leased_new_job(doc, worker, lease, lease_seconds, now)
             insert_rows(conn, f"INSERT INTO jobs ({COLS})", [job_row(leased)])
             tx.emit(models.EV_STARTED, leased, models.PENDING)
-            tx.after_commit.append(functools.partial(self._remember, [leased]))
+            tx.after_commit.append(functools.partial(self._claimed.remember, [leased]))
             return doc, [leased]
 
         return await self._write(op, items=1)
@@ -1163,26 +1145,23 @@ class SQLiteStore(Store):
             conn = tx.conn
             fast = fenced_finishes(outcomes)
             finished: dict[str, dict[str, Any]] = {}
-            claimed = self._claimed
+            take = self._claimed.take
             docs: dict[str, dict[str, Any]] = {}
             known: list[tuple[str, str | None, str, float]] = []
             values: list[tuple[str, str | None, str]] = []
             for job_id, i in fast.items():
                 lease, text = outcomes[i].lease, models.json_text(outcomes[i].result)
-                doc = claimed.pop(job_id, None)
-                if doc is not None and doc["lease"] == lease:
+                doc = take(job_id, lease)
+                if doc is not None:
                     docs[job_id] = doc
                     known.append((job_id, lease, text, doc["updated_at"]))
                 else:
                     values.append((job_id, lease, text))
-            changes = {"status": models.FINISHED, "error": None, "lease": None, "lease_expires": None,
-                       "finished_at": now, "updated_at": now}
             for chunk in models.iter_chunks(known, FINISH_KNOWN_CHUNK):
                 matched = {job_id for (job_id,) in conn.execute(*_set_wise(_finish_known_sql, [now, now], chunk, 4))}
                 for job_id, lease, text, _ in chunk:
                     if job_id in matched:
-                        job = finished[job_id] = {**docs[job_id], **changes}
-                        job["result"] = json_value(text)
+                        finished[job_id] = ClaimedDocs.finished(docs[job_id], json_value(text), now)
                     else:
                         values.append((job_id, lease, text))   # changed since the claim: read back below
             for chunk in models.iter_chunks(values, FINISH_CHUNK):
