@@ -79,6 +79,30 @@ async def test_given_a_batch_claim_when_it_returns_then_jobs_come_in_claim_order
 # --------------------------------------------------------------------------- readiness
 
 
+async def test_given_jobs_of_varied_fields_when_claimed_together_then_each_document_and_started_event_is_the_stored_row(
+        store: Store) -> None:
+    # Given ready jobs of varied fields, one of them retried after a failure (an error and an attempt behind it)
+    retried = await put(store, args=["r"], max_attempts=3)
+    first = await take(store)
+    await fail(store, first)
+    await store.enqueue([spec(args=[n, "x" * n], kwargs={"k": n}, data={"d": n}, priority=n % 2, timeout=float(n) or None,
+                              secrets=["k"] if n == 3 else []) for n in range(5)])
+    since = await store.last_seq()
+
+    # When one claim takes them all
+    jobs = await store.claim(["default"], "w-9", 10, 60.0)
+
+    # Then each claimed document is the job as stored, and so is its started event
+    assert len(jobs) == 6
+    events = {e["job_id"]: e["new_val"] for e in await store.events_since(since) if e["kind"] == models.EV_STARTED}
+    for job in jobs:
+        stored = await store.get(job["id"])
+        assert job == stored and events[job["id"]] == stored
+        assert (job["status"], job["worker"]) == (models.STARTED, "w-9")
+    again = next(j for j in jobs if j["id"] == retried["id"])
+    assert again["attempts"] == 2 and again["error"] is not None
+
+
 async def test_given_a_delayed_job_when_claimed_early_then_nothing_until_it_is_due(store: Store) -> None:
     # Given a job due shortly
     run_at = models.now() + 0.2

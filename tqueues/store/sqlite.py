@@ -52,6 +52,7 @@ import asyncio
 import collections
 import functools
 import logging
+import operator
 import os
 import queue as _queue
 import secrets
@@ -349,6 +350,16 @@ def _inline_items(ops: list[_Op]) -> int | None:
             return None
         items += op.items
     return items if items <= INLINE_ITEMS else None
+
+
+# A claim reads back only the columns it does not set itself (a quarter fewer values to fetch),
+# then seq; _CLAIM_VALUES makes a job's values, in JOB_KEYS order, from such a row followed by
+# the values the claim set (in _CLAIM_SETS order).
+_CLAIM_SETS = ("status", "lease", "lease_expires", "worker", "started_at", "updated_at")
+_CLAIM_READS = [key for key in JOB_KEYS if key not in _CLAIM_SETS]
+_CLAIM_SET = ", ".join(f"{key} = ?" for key in _CLAIM_SETS)
+_CLAIM_VALUES = operator.itemgetter(*(_CLAIM_READS.index(key) if key in _CLAIM_READS
+                                      else len(_CLAIM_READS) + 1 + _CLAIM_SETS.index(key) for key in JOB_KEYS))
 
 
 def json_value(text: str) -> Any:
@@ -1067,16 +1078,16 @@ class SQLiteStore(Store):
         params: list[Any] = []
         for queue in active:
             params += [queue, now, limit]
+        sets = (models.STARTED, lease, now + lease_seconds, worker, now, now)
         rows = conn.execute(
-            f"UPDATE jobs SET status = 'started', attempts = attempts + 1, lease = ?, lease_expires = ?,"
-            f" worker = ?, started_at = ?, updated_at = ?"
+            f"UPDATE jobs SET attempts = attempts + 1, {_CLAIM_SET}"
             f" WHERE seq IN (SELECT seq FROM ({picks}) ORDER BY priority DESC, run_at, seq LIMIT ?)"
-            f" RETURNING {COLS}, seq",
-            (lease, now + lease_seconds, worker, now, now, *params, limit)).fetchall()
+            f" RETURNING {', '.join(_CLAIM_READS)}, seq",
+            (*sets, *params, limit)).fetchall()
         # RETURNING order is arbitrary: hand the jobs out in claim order.
-        prio, run_at = JOB_KEYS.index("priority"), JOB_KEYS.index("run_at")
+        prio, run_at = _CLAIM_READS.index("priority"), _CLAIM_READS.index("run_at")
         rows.sort(key=lambda r: (-r[prio], r[run_at], r[-1]))
-        jobs = [row_to_job(r[:-1]) for r in rows]
+        jobs = [row_to_job(_CLAIM_VALUES(row + sets)) for row in rows]
         for job in jobs:
             tx.emit(models.EV_STARTED, job, models.PENDING)
         if jobs:
