@@ -37,7 +37,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from .. import models
 from ..errors import ConfigurationError, Conflict, JobNotFound, LeaseConflict, StoreUnavailable, TQueuesError
-from .base import (JOB_KEYS, ClaimedDocs, Changes, Outcome, Store, conflict, event_doc, fenced_finishes, leased_new_job, net_moves, new_job, ok,
+from .base import (CLAIM_READS, JOB_KEYS, ClaimedDocs, claim_sets, claimed_values, Changes, Outcome, Store, conflict, event_doc, fenced_finishes, leased_new_job, net_moves, new_job, ok,
                    redact, stored_event_doc, token_not_found, ended_attempt, with_running_attempt, worker_not_found)
 
 try:  # imported lazily by open_store; the module itself needs the driver
@@ -269,7 +269,8 @@ _REPLACE_ATTEMPT = ("ON CONFLICT (job_id, attempt) DO UPDATE SET worker = exclud
 _END_ATTEMPT = f"{_END_ATTEMPTS} VALUES ($1, $2, $3, $4, $5, $6, $7, $8) {_REPLACE_ATTEMPT}"
 
 
-JCOLS = ", ".join(f"j.{k}" for k in JOB_KEYS)
+_CLAIM_READS = ", ".join(f"j.{k}" for k in CLAIM_READS)   # then j.seq: see _claim
+_CLAIM_VALUES = claimed_values(1)
 
 # Finish the started jobs whose lease matches, in one round trip: parameters now, then
 # {arrays} (_arrays of ids, results as JSON text, leases, from $2); returns the jobs as
@@ -990,10 +991,12 @@ class PostgresStore(Store):
                 f"       AND run_at <= $4"
                 f"       AND queue NOT IN (SELECT name FROM tqueues_queues WHERE paused)"
                 f"       ORDER BY priority DESC, run_at, seq LIMIT $6 FOR UPDATE SKIP LOCKED) pick"
-                f" WHERE j.seq = pick.seq RETURNING j.seq AS _order, {JCOLS}",
+                f" WHERE j.seq = pick.seq RETURNING {_CLAIM_READS}, j.seq AS _order",
                 lease, now + lease_seconds, worker, now, queues[0] if len(queues) == 1 else queues, limit)
             rows = sorted(rows, key=lambda r: (-r["priority"], r["run_at"], r["_order"]))
-            jobs = [row_to_job(r) for r in rows]
+            # Only the columns the claim did not set are read back (see base.CLAIM_SETS).
+            sets = claim_sets(lease, now + lease_seconds, worker, now)
+            jobs = [dict(zip(JOB_KEYS, _CLAIM_VALUES(tuple(r) + sets))) for r in rows]
             for job in jobs:
                 tx.emit(models.EV_STARTED, job, models.PENDING)
             if jobs:

@@ -52,7 +52,6 @@ import asyncio
 import collections
 import functools
 import logging
-import operator
 import os
 import queue as _queue
 import secrets
@@ -66,7 +65,7 @@ from urllib.parse import unquote, urlsplit
 
 from .. import models
 from ..errors import Conflict, ConfigurationError, InvalidRequest, JobNotFound, LeaseConflict, StoreUnavailable, TQueuesError
-from .base import (JOB_KEYS, JOB_VALUES, Changes, ClaimedDocs, Outcome, Store, conflict, event_doc, fenced_finishes, group_of_writes, leased_new_job,
+from .base import (CLAIM_READS, CLAIM_SETS, JOB_KEYS, JOB_VALUES, Changes, ClaimedDocs, claim_sets, claimed_values, Outcome, Store, conflict, event_doc, fenced_finishes, group_of_writes, leased_new_job,
                    net_moves, new_job, ok, stored_event_doc, token_not_found, ended_attempt, with_running_attempt,
                    worker_not_found)
 
@@ -352,14 +351,9 @@ def _inline_items(ops: list[_Op]) -> int | None:
     return items if items <= INLINE_ITEMS else None
 
 
-# A claim reads back only the columns it does not set itself (a quarter fewer values to fetch),
-# then seq; _CLAIM_VALUES makes a job's values, in JOB_KEYS order, from such a row followed by
-# the values the claim set (in _CLAIM_SETS order).
-_CLAIM_SETS = ("status", "lease", "lease_expires", "worker", "started_at", "updated_at")
-_CLAIM_READS = [key for key in JOB_KEYS if key not in _CLAIM_SETS]
-_CLAIM_SET = ", ".join(f"{key} = ?" for key in _CLAIM_SETS)
-_CLAIM_VALUES = operator.itemgetter(*(_CLAIM_READS.index(key) if key in _CLAIM_READS
-                                      else len(_CLAIM_READS) + 1 + _CLAIM_SETS.index(key) for key in JOB_KEYS))
+# A claim reads back only the columns it does not set itself, then seq (see base.CLAIM_SETS).
+_CLAIM_SET = ", ".join(f"{key} = ?" for key in CLAIM_SETS)
+_CLAIM_VALUES = claimed_values(1)
 
 
 def json_value(text: str) -> Any:
@@ -1078,14 +1072,14 @@ class SQLiteStore(Store):
         params: list[Any] = []
         for queue in active:
             params += [queue, now, limit]
-        sets = (models.STARTED, lease, now + lease_seconds, worker, now, now)
+        sets = claim_sets(lease, now + lease_seconds, worker, now)
         rows = conn.execute(
             f"UPDATE jobs SET attempts = attempts + 1, {_CLAIM_SET}"
             f" WHERE seq IN (SELECT seq FROM ({picks}) ORDER BY priority DESC, run_at, seq LIMIT ?)"
-            f" RETURNING {', '.join(_CLAIM_READS)}, seq",
+            f" RETURNING {', '.join(CLAIM_READS)}, seq",
             (*sets, *params, limit)).fetchall()
         # RETURNING order is arbitrary: hand the jobs out in claim order.
-        prio, run_at = _CLAIM_READS.index("priority"), _CLAIM_READS.index("run_at")
+        prio, run_at = CLAIM_READS.index("priority"), CLAIM_READS.index("run_at")
         rows.sort(key=lambda r: (-r[prio], r[run_at], r[-1]))
         jobs = [row_to_job(_CLAIM_VALUES(row + sets)) for row in rows]
         for job in jobs:
