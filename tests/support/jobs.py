@@ -88,6 +88,16 @@ async def hang_stubbornly(ledger: str) -> None:
             append(ledger, "cancelled")
 
 
+JOB_REFS: list[Any] = []   # weak references to the Job handles that keep_ref saw (in-process workers)
+
+
+async def keep_ref(n: int, tq_parent_job: Any = None) -> int:
+    import weakref
+
+    JOB_REFS.append(weakref.ref(tq_parent_job))
+    return n
+
+
 async def echo(*args: Any, **kwargs: Any) -> dict[str, Any]:
     return {"args": list(args), "kwargs": kwargs}
 
