@@ -63,18 +63,18 @@ def source_stamp() -> str:
 
 
 def ensure_tqueues(python: Path) -> dict[str, str]:
-    """Install tqueues from this repository into an environment, again whenever its sources
-    changed (``--force-reinstall``: the version number alone would not tell pip)."""
+    """Install tqueues from this repository into an environment (with its dependencies), again
+    whenever its sources changed: pip builds and reinstalls a package given as a directory
+    even when the same version is installed."""
     stamp = python.parent.parent / ".tqueues-stamp"
     stamp_value = source_stamp()
     if stamp.exists() and stamp.read_text() == stamp_value:
         return {}
     print("benchmark: installing tqueues from this repository…", file=sys.stderr, flush=True)
-    for args in (["--force-reinstall", "--no-deps", str(REPO)], [str(REPO)]):   # then its dependencies
-        done = pip(python, args)
-        if done.returncode != 0:
-            stamp.unlink(missing_ok=True)
-            return {"tqueues": f"failed: pip install . ({last_line(done.stderr)})"}
+    done = pip(python, [str(REPO)])
+    if done.returncode != 0:
+        stamp.unlink(missing_ok=True)
+        return {"tqueues": f"failed: pip install . ({last_line(done.stderr)})"}
     stamp.write_text(stamp_value)
     return {}
 
